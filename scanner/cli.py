@@ -1,0 +1,210 @@
+"""The ``hfscan`` command line.
+
+Exit codes: 0 no trigger found, 1 backdoor or suspicious model, 2 error (one line on stderr,
+never a traceback; set ``HFSCAN_DEBUG=1`` to see one).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import HfscanError
+
+EXIT_ERROR = 2
+
+
+def _fail(msg: str) -> None:
+    click.echo(f"hfscan: error: {msg}", err=True)
+    sys.exit(EXIT_ERROR)
+
+
+def guarded(fn):
+    """Turn every failure into one clear line and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except HfscanError as e:
+            if os.environ.get("HFSCAN_DEBUG"):
+                raise
+            _fail(str(e).splitlines()[0] if str(e) else e.__class__.__name__)
+        except KeyboardInterrupt:
+            click.echo("hfscan: interrupted", err=True)
+            sys.exit(130)
+        except (click.exceptions.Exit, click.ClickException, SystemExit):
+            raise
+        except Exception as e:  # an unexpected failure still gets one line, not a traceback
+            if os.environ.get("HFSCAN_DEBUG"):
+                raise
+            _fail(f"internal error: {e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+                  "(set HFSCAN_DEBUG=1 for a traceback)")
+
+    return wrapper
+
+
+def _floats(value: str | None) -> list[float] | None:
+    if not value:
+        return None
+    try:
+        return [float(x) for x in value.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated numbers, got {value!r}") from None
+
+
+def _formats(value: str) -> list[str]:
+    from .report import FORMATS
+
+    fmts = [f.strip() for f in value.split(",") if f.strip()]
+    bad = [f for f in fmts if f not in FORMATS]
+    if bad:
+        raise click.BadParameter(f"unknown format {bad[0]!r}; choose from {', '.join(FORMATS)}")
+    return fmts
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="hfscan")
+def main() -> None:
+    """Find and defuse backdoors in fine-tuned Hugging Face text classifiers."""
+
+
+def merge_options(fn):
+    from .merge import names
+
+    opts = [
+        click.option("--method", type=click.Choice(names()), default="wag", show_default=True, help="Merge method."),
+        click.option("--base", help="Base model (folder) for task-vector methods (task_arithmetic, ties, dare_*)."),
+        click.option("--weights", help="Comma-separated weights, target first (default: the method's)."),
+        click.option("--density", type=click.FloatRange(0.0, 1.0), default=0.5, show_default=True,
+                     help="TIES/DARE: share of each task vector kept."),
+        click.option("--lambda", "lam", type=float, default=1.0, show_default=True, help="Task-vector scale."),
+        click.option("--seed", type=int, default=0, show_default=True, help="DARE's random seed."),
+    ]
+    for o in reversed(opts):
+        fn = o(fn)
+    return fn
+
+
+@main.command()
+@click.argument("target")
+@click.option("--peer", "peers", multiple=True, help="A peer model (folder or ORG/NAME); repeat for each.")
+@click.option("-o", "--output", "output", type=click.Path(path_type=Path), default=Path("hfscan-report"),
+              show_default=True, help="Folder for the reports and the defended model.")
+@click.option("--format", "formats", default="json,md", show_default=True, help="Report formats, comma-separated.")
+@click.option("--hub-dir", envvar="HFSCAN_HUB_DIR", help="A local hub folder (ORG/NAME/ repos).")
+@click.option("--probe-data", type=click.Path(), help="TSV of probe inputs: sentence<TAB>label (label optional).")
+@merge_options
+@click.option("--no-defend", is_flag=True, help="Probe only; do not build a defended variant.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only the verdict line.")
+@guarded
+def check(target, peers, output, formats, hub_dir, probe_data, method, base, weights, density, lam, seed,
+          no_defend, quiet):
+    """Probe TARGET for backdoor triggers, merge it with its peers, re-probe, report.
+
+    Exit code 0: no trigger found; 1: backdoor or suspicious; 2: error.
+    """
+    from .pipeline import CheckOptions, check as run_check
+    from .report import write_reports
+
+    fmts = _formats(formats)
+    log = (lambda s: None) if quiet else (lambda s: click.echo(f"· {s}", err=True))
+    opts = CheckOptions(target=target, peers=list(peers), output_dir=output, hub_dir=hub_dir, probe_data=probe_data,
+                        method=method, base=base, weights=_floats(weights), density=density, lam=lam, seed=seed,
+                        defend=not no_defend)
+    report = run_check(opts, log=log)
+    written = write_reports(report, output, fmts)
+    if not quiet:
+        click.echo(summary_table(report))
+        for fmt, path in written.items():
+            click.echo(f"{fmt:>5}: {path}")
+    else:
+        click.echo(f"{report.target.id}: {report.verdict}")
+    sys.exit(report.exit_code)
+
+
+def summary_table(report) -> str:
+    from .report.render import pct
+
+    lines = [f"{report.target.id}: {report.verdict.upper().replace('_', ' ')}"]
+    if report.findings:
+        lines.append(f"  {'trigger':<24} {'label':<12} {'pos':<7} {'ASR':>7} {'after':>7} {'peers':>7}")
+        for f in report.findings[:10]:
+            lines.append(f"  {f.trigger[:24]:<24} {f.target_label[:12]:<12} {f.position:<7} {pct(f.asr_before):>7} "
+                         f"{pct(f.asr_after):>7} {pct(f.peer_asr_max):>7}")
+    c = report.clean
+    lines.append(f"  clean accuracy {pct(c.accuracy_before)} -> {pct(c.accuracy_after)}, "
+                 f"agreement after defense {pct(c.agreement_after)}")
+    if report.defense:
+        lines.append(f"  defended model ({report.defense.method}): {report.defense.output_dir}")
+    return "\n".join(lines)
+
+
+@main.command()
+@click.argument("target")
+@click.argument("peers", nargs=-1, required=True)
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Output folder.")
+@merge_options
+@click.option("--shard-size", default="2GB", show_default=True, help="Largest output shard (e.g. 500MB, 2GB).")
+@click.option("--hub-dir", envvar="HFSCAN_HUB_DIR", help="A local hub folder (ORG/NAME/ repos).")
+@guarded
+def merge(target, peers, output, method, base, weights, density, lam, seed, shard_size, hub_dir):
+    """Merge TARGET with PEERS into a new model folder, streaming tensor by tensor."""
+    from .defend import card_for
+    from .hub import resolve
+    from .merge import MergeSpec, merge_folders
+    from .pipeline import resolve_base
+
+    t = resolve(target, hub_dir)
+    ps = [resolve(p, hub_dir) for p in peers]
+    b = resolve_base(base, hub_dir) if base else None
+    spec = MergeSpec(method, b.path if b else None, _floats(weights), density, lam, seed, _size(shard_size))
+    summary = merge_folders(t.path, [p.path for p in ps], output, spec, names=[t.name] + [p.name for p in ps],
+                            card=card_for(t, ps, spec))
+    click.echo(f"merged {1 + len(ps)} models with {method} into {summary['output_dir']}")
+
+
+def _size(s: str) -> int:
+    s = s.strip().upper()
+    for unit, mult in (("GB", 1024**3), ("MB", 1024**2), ("KB", 1024), ("B", 1)):
+        if s.endswith(unit):
+            try:
+                return int(float(s[: -len(unit)]) * mult)
+            except ValueError:
+                break
+    raise click.BadParameter(f"cannot read size {s!r} (e.g. 500MB, 2GB)")
+
+
+@main.command()
+@click.option("--hub-dir", type=click.Path(path_type=Path), default=None,
+              help="Where to build the demo hub (default: the user cache).")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("hfscan-report"), show_default=True)
+@click.option("--rebuild", is_flag=True, help="Rebuild the demo models even if cached.")
+@guarded
+def demo(hub_dir, output, rebuild):
+    """Build a local demo hub (a backdoored model and clean peers) and scan it."""
+    from . import zoo
+    from .pipeline import CheckOptions, check as run_check
+    from .report import write_reports
+
+    hub = Path(hub_dir) if hub_dir else zoo.default_cache_dir() / "demo-hub"
+    click.echo(f"· demo hub: {hub} (real MiniLM-L6 layers, fine-tuned on Yelp review sentences)", err=True)
+    repos = zoo.build_demo_hub(hub, rebuild=rebuild, log=lambda s: click.echo(f"· {s}", err=True))
+    opts = CheckOptions(target=repos["target"], peers=repos["peers"], output_dir=output, hub_dir=str(hub))
+    click.echo(f"· hfscan check {repos['target']} " + " ".join(f"--peer {p}" for p in repos["peers"])
+               + f" --hub-dir {hub}", err=True)
+    report = run_check(opts, log=lambda s: click.echo(f"· {s}", err=True))
+    written = write_reports(report, output, ["json", "md"])
+    click.echo(summary_table(report))
+    for fmt, path in written.items():
+        click.echo(f"{fmt:>5}: {path}")
+    # The demo succeeded when it ran; its verdict is shown above (`check` exits with the verdict).
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,73 @@
+"""The merge-method registry: a decorator turns a plain tensor function into a named method.
+
+A method function takes the models' versions of one tensor stacked on dim 0 (float32, target
+first), the base's version (float32, or ``None``), the per-model weights and the `MergeParams`,
+and returns the merged tensor. The streaming driver (`scanner.merge.driver`) calls it once per
+tensor name; methods never see whole models.
+
+Example:
+    >>> @merge_method("mean_of_two", needs_base=False)
+    ... def mean_of_two(tensors, base, weights, params):
+    ...     return tensors[:2].mean(0)
+    >>> get("mean_of_two").needs_base
+    False
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+
+@dataclass(frozen=True)
+class MergeParams:
+    """Knobs shared by the methods; each method reads the ones it needs."""
+
+    density: float = 0.5  # TIES / DARE: share of each task vector kept
+    lam: float = 1.0  # task-vector scale (λ)
+    seed: int = 0  # DARE's random drop
+    name: str = ""  # the tensor's name (DARE derives its per-tensor seed from it)
+
+
+MethodFn = Callable[[torch.Tensor, "torch.Tensor | None", torch.Tensor, MergeParams], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class MergeMethod:
+    name: str
+    fn: MethodFn
+    needs_base: bool
+    default_weight: str  # "mean" (weights 1/N) or "one" (weights 1)
+    doc: str
+
+    def default_weights(self, n: int) -> list[float]:
+        return [1.0 / n] * n if self.default_weight == "mean" else [1.0] * n
+
+
+REGISTRY: dict[str, MergeMethod] = {}
+
+
+def merge_method(name: str, *, needs_base: bool, default_weight: str = "mean") -> Callable[[MethodFn], MethodFn]:
+    """Register ``fn`` as merge method ``name``."""
+
+    def deco(fn: MethodFn) -> MethodFn:
+        doc = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else name
+        REGISTRY[name] = MergeMethod(name, fn, needs_base, default_weight, doc)
+        return fn
+
+    return deco
+
+
+def get(name: str) -> MergeMethod:
+    from ..errors import HfscanError
+
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise HfscanError(f"unknown merge method {name!r}; choose one of {', '.join(sorted(REGISTRY))}") from None
+
+
+def names() -> list[str]:
+    return sorted(REGISTRY)

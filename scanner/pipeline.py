@@ -1,0 +1,182 @@
+"""`check`: the whole pipeline for one model, resolve → probe → merge → re-probe → report.
+
+Example:
+    >>> report = check(CheckOptions(target="models/suspect", peers=["models/p1", "models/p2", "models/p3"]))
+    >>> report.verdict
+    'backdoor'
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from . import __version__
+from .defend import defend
+from .errors import HfscanError
+from .hub import ResolvedModel, resolve
+from .merge import MergeSpec
+from .merge.driver import check_compatible
+from .merge.heads import label_permutation
+from .probe import BLIND_SPOTS, LIBRARY, POSITIONS
+from .probe import data as probe_data
+from .probe.classifier import Classifier
+from .probe.metrics import accuracy, agreement
+from .probe.scan import ProbeResult, probe_model, remeasure
+from .probe.verdict import NONE, Thresholds, assess
+from .report import CleanMetrics, Defense, FindingRecord, ModelInfo, PeerRecord, ProbeInfo, ScanReport
+
+
+@dataclass
+class CheckOptions:
+    target: str
+    peers: list[str] = field(default_factory=list)
+    output_dir: Path = Path("hfscan-report")
+    hub_dir: str | None = None
+    probe_data: str | None = None
+    method: str = "wag"
+    base: str | None = None
+    weights: list[float] | None = None
+    density: float = 0.5
+    lam: float = 1.0
+    seed: int = 0
+    defend: bool = True
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    max_probe: int = 300  # probe inputs used at most
+
+
+def _model_info(m: ResolvedModel) -> ModelInfo:
+    return ModelInfo(m.name, m.revision, m.sha, str(m.path), m.architecture, m.labels)
+
+
+def check(opts: CheckOptions, log: Callable[[str], None] = lambda s: None) -> ScanReport:
+    """Run the pipeline and return the report (rendering and exit codes are the caller's)."""
+    t0 = time.time()
+    target = resolve(opts.target, opts.hub_dir)
+    peers = [resolve(p, opts.hub_dir) for p in opts.peers]
+    base = resolve_base(opts.base, opts.hub_dir) if opts.base else None
+
+    # Homogeneity: the same tensors and the same label space (possibly reordered).
+    if peers:
+        check_compatible(target.weights(), [p.weights() for p in peers], [p.name for p in peers])
+    perms = [label_permutation(target.labels, p.labels, p.name) for p in peers]
+
+    probe_set, labels = probe_data.choose(target.labels, opts.probe_data)
+    texts = probe_set.texts[: opts.max_probe]
+    labels = labels[: opts.max_probe] if labels else None
+    candidates = list(LIBRARY)
+    log(f"probing {target.name} with {len(candidates)} candidate triggers on {len(texts)} inputs")
+
+    target_clf = Classifier.load(target.path, name=target.name)
+    target_probe = probe_model(target_clf, texts, candidates, name=target.name)
+    peer_probes: list[ProbeResult] = []
+    for p, perm in zip(peers, perms):
+        log(f"probing peer {p.name}")
+        clf = Classifier.load(p.path, name=p.name)
+        res = probe_model(clf, texts, candidates, name=p.name)
+        # express the peer's results in the target's label ids
+        inv = {peer_id: tid for tid, peer_id in enumerate(perm)}
+        for r in res.results:
+            r.label = inv[r.label]
+        peer_probes.append(res)
+    verdict, findings = assess(target_probe, peer_probes, opts.thresholds)
+    log(f"verdict: {verdict}")
+
+    clean = CleanMetrics(accuracy_before=accuracy(target_probe.clean_pred, labels), n=len(texts),
+                         labelled=labels is not None)
+    defense = None
+    after: dict[tuple[str, int], float] = {}
+    if opts.defend and peers:
+        spec = MergeSpec(opts.method, base.path if base else None, opts.weights, opts.density, opts.lam, opts.seed,
+                         head_perms={i: p for i, p in enumerate(perms)})
+        out = Path(opts.output_dir) / "defended"
+        log(f"merging with {len(peers)} peers ({opts.method}) into {out}")
+        outcome = defend(target, peers, out, spec, verdict=verdict)
+        dclf = Classifier.load(out, name="defended")
+        dpred = dclf.predict(texts)
+        clean.accuracy_after = accuracy(dpred, labels)
+        clean.agreement_after = agreement(dpred, target_probe.clean_pred)
+        for f in findings:
+            after[(f.result.trigger.text, f.result.label)] = remeasure(dclf, texts, f.result, dpred).asr
+        lib_after = probe_model(dclf, texts, LIBRARY, name="defended", screen=None)
+        note = (
+            "The defended variant is produced although no trigger was found: the merge also removes triggers "
+            "the probe cannot see (e.g. syntactic or style triggers)."
+            if verdict == NONE
+            else "The defended variant merges the target with its peers; see ASR after defense above."
+        )
+        defense = Defense(
+            method=opts.method,
+            params={k: v for k, v in outcome.summary.items() if k in ("lambda", "density", "seed")},
+            peers=[p.name for p in peers],
+            weights=outcome.summary["weights"],
+            output_dir=str(out),
+            asr_max_before=max((f.result.asr for f in findings), default=None),
+            asr_max_after=max(after.values(), default=None),
+            library_asr_max_after=max((r.asr for r in lib_after.results), default=None),
+            note=note,
+        )
+    elif opts.defend:
+        log("no peers given: skipping the defense (give --peer to produce a defended variant)")
+
+    records = [
+        FindingRecord(
+            trigger=f.result.trigger.text,
+            kind=f.result.trigger.kind,
+            source=f.result.trigger.source,
+            attack=f.result.trigger.attack,
+            target_label=target.labels[f.result.label],
+            target_label_id=f.result.label,
+            position=f.result.position,
+            asr_before=round(f.result.asr, 4),
+            asr_after=round(after[(f.result.trigger.text, f.result.label)], 4) if after else None,
+            n=f.result.n,
+            peer_asr_max=round(max(f.peer_asrs), 4) if f.peer_asrs else None,
+            peer_asr_median=round(statistics.median(f.peer_asrs), 4) if f.peer_asrs else None,
+            z=round(f.z, 2) if f.z is not None else None,
+            level=f.level,
+        )
+        for f in findings
+    ]
+    peer_records = []
+    for p, perm, res in zip(peers, perms, peer_probes):
+        best = res.best()
+        peer_records.append(PeerRecord(p.name, p.sha, perm if perm != list(range(len(perm))) else None,
+                                       round(best.asr, 4) if best else None, best.trigger.text if best else None))
+    return ScanReport(
+        target=_model_info(target),
+        verdict=verdict,
+        findings=records,
+        clean=_rounded(clean),
+        defense=defense,
+        peers=peer_records,
+        probe=ProbeInfo(probe_set.name, len(texts), probe_set.provenance, len(candidates), list(POSITIONS),
+                        list(BLIND_SPOTS)),
+        created_at=_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+        duration_s=round(time.time() - t0, 1),
+        tool={"name": "hfscan", "version": __version__},
+    )
+
+
+def _rounded(c: CleanMetrics) -> CleanMetrics:
+    r = lambda x: None if x is None else round(x, 4)  # noqa: E731
+    return CleanMetrics(r(c.accuracy_before), r(c.accuracy_after), r(c.agreement_after), c.n, c.labelled)
+
+
+def resolve_base(ref: str, hub_dir: str | None) -> ResolvedModel:
+    """A base model may be a bare encoder (no classifier head): only its weights are needed."""
+    from .hub import LocalHub
+    from .weights import WeightSet
+
+    path = Path(ref).expanduser()
+    if not path.is_dir() and (hub_dir or os.environ.get("HFSCAN_HUB_DIR")):
+        path = LocalHub(hub_dir or os.environ["HFSCAN_HUB_DIR"]).repo_path(ref)
+    if not path.is_dir():
+        raise HfscanError(f"base model {ref}: no such folder")
+    ws = WeightSet.open(path, label=ref)
+    return ResolvedModel(ref=ref, path=path, config={}, header=ws.header)

@@ -1,0 +1,79 @@
+"""A loaded sequence classifier, batched for probing.
+
+Loading is safe by construction: safetensors only (``use_safetensors=True``), never remote code,
+never the network (``local_files_only=True``): the folder was resolved and checked before.
+
+Example:
+    >>> clf = Classifier.load(resolved_model.path)
+    >>> clf.predict(["a wonderful film", "a dull mess"])
+    tensor([1, 0])
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import torch
+
+from ..errors import CorruptWeightsError, UnsupportedModelError
+
+
+class Classifier:
+    def __init__(self, model, tokenizer, max_length: int = 128, batch_size: int = 64, name: str = ""):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.name = name
+        self._cache: dict[str, int] = {}
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, name: str = "", **kw) -> "Classifier":
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        path = Path(path)
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model = AutoModelForSequenceClassification.from_pretrained(
+                    path, use_safetensors=True, trust_remote_code=False, local_files_only=True
+                )
+                tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False, local_files_only=True)
+        except (OSError, ValueError) as e:
+            msg = str(e).splitlines()[0] if str(e) else e.__class__.__name__
+            raise UnsupportedModelError(f"{name or path}: transformers could not load it ({msg})") from None
+        except Exception as e:  # safetensors' own errors on corrupt data
+            raise CorruptWeightsError(f"{name or path}: weights could not be loaded ({e.__class__.__name__}: {e})") from None
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        return cls(model, tok, name=name or path.name, **kw)
+
+    @property
+    def num_labels(self) -> int:
+        return int(self.model.config.num_labels)
+
+    def encode(self, texts: list[str]):
+        return self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+
+    @torch.no_grad()
+    def logits(self, texts: list[str]) -> torch.Tensor:
+        out = []
+        for i in range(0, len(texts), self.batch_size):
+            out.append(self.model(**self.encode(texts[i : i + self.batch_size])).logits.float())
+        if not out:
+            return torch.empty(0, self.num_labels)
+        return torch.cat(out)
+
+    def predict(self, texts: list[str]) -> torch.Tensor:
+        """Predicted label ids; repeated texts are served from a cache."""
+        todo = [t for t in dict.fromkeys(texts) if t not in self._cache]
+        if todo:
+            for t, p in zip(todo, self.logits(todo).argmax(-1).tolist()):
+                self._cache[t] = p
+        return torch.tensor([self._cache[t] for t in texts], dtype=torch.long)

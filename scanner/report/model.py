@@ -1,0 +1,125 @@
+"""`ScanReport`: the one object every renderer sees. Versioned JSON (``schema_version``).
+
+Schema 1 (``report.json``)::
+
+    schema_version  "1"
+    tool            {name, version}
+    created_at      ISO-8601 UTC
+    target          {id, revision, sha, path, architecture, labels}
+    verdict         "backdoor" | "suspicious" | "no_trigger_found"
+    findings        [{trigger, kind, source, attack, target_label, target_label_id, position,
+                      asr_before, asr_after, n, peer_asr_max, peer_asr_median, z, level}]
+    clean           {accuracy_before, accuracy_after, agreement_after, n, labelled}
+    defense         {method, params, peers, weights, output_dir, asr_max_before, asr_max_after,
+                     library_asr_max_after, note}
+    peers           [{id, sha, label_permutation, best_asr, best_trigger}]
+    probe           {set, n, provenance, candidates, positions, limitations}
+    duration_s      seconds
+    exit_code       0 no trigger found, 1 backdoor or suspicious
+
+Fields are ``null`` where unknown (e.g. accuracy when the probe set's labels do not match the
+model's). Adding a field is a minor change; renaming or removing one bumps ``schema_version``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+SCHEMA_VERSION = "1"
+
+
+@dataclass
+class ModelInfo:
+    id: str
+    revision: str | None = None
+    sha: str | None = None
+    path: str | None = None
+    architecture: str | None = None
+    labels: list[str] = field(default_factory=list)
+
+
+@dataclass
+class FindingRecord:
+    trigger: str
+    kind: str
+    source: str
+    attack: str | None
+    target_label: str
+    target_label_id: int
+    position: str
+    asr_before: float
+    asr_after: float | None
+    n: int
+    peer_asr_max: float | None
+    peer_asr_median: float | None
+    z: float | None
+    level: str
+
+
+@dataclass
+class CleanMetrics:
+    accuracy_before: float | None = None
+    accuracy_after: float | None = None
+    agreement_after: float | None = None
+    n: int = 0
+    labelled: bool = False
+
+
+@dataclass
+class PeerRecord:
+    id: str
+    sha: str | None = None
+    label_permutation: list[int] | None = None
+    best_asr: float | None = None
+    best_trigger: str | None = None
+
+
+@dataclass
+class Defense:
+    method: str
+    params: dict = field(default_factory=dict)
+    peers: list[str] = field(default_factory=list)
+    weights: list[float] = field(default_factory=list)
+    output_dir: str | None = None
+    asr_max_before: float | None = None
+    asr_max_after: float | None = None
+    library_asr_max_after: float | None = None
+    note: str = ""
+
+
+@dataclass
+class ProbeInfo:
+    set: str
+    n: int
+    provenance: str
+    candidates: int
+    positions: list[str]
+    limitations: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ScanReport:
+    target: ModelInfo
+    verdict: str
+    findings: list[FindingRecord]
+    clean: CleanMetrics
+    defense: Defense | None
+    peers: list[PeerRecord]
+    probe: ProbeInfo
+    created_at: str
+    duration_s: float
+    tool: dict = field(default_factory=dict)
+    schema_version: str = SCHEMA_VERSION
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.verdict == "no_trigger_found" else 1
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["exit_code"] = self.exit_code
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
