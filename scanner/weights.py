@@ -116,7 +116,7 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict[str, dict], d
         if dtype not in _DTYPES:
             raise CorruptWeightsError(f"{path.name}: tensor {name!r} has unsupported dtype {dtype}")
         if not (0 <= start <= end <= data_len):
-            raise CorruptWeightsError(f"{path.name}: tensor {name!r} lies outside the file (truncated download?)")
+            raise CorruptWeightsError(f"{path.name}: corrupt or truncated file: tensor {name!r} lies outside it")
         numel = 1
         for d in shape:
             numel *= int(d)
@@ -175,7 +175,10 @@ class WeightSet:
             fpath = folder / fname
             if not fpath.exists():
                 raise CorruptWeightsError(f"{label or folder}: shard {fname} is missing")
-            entries, _ = read_safetensors_header(fpath)
+            try:
+                entries, _ = read_safetensors_header(fpath)
+            except CorruptWeightsError as e:
+                raise CorruptWeightsError(f"{label or folder}: {e}") from None
             for name, e in entries.items():
                 header[name] = TensorInfo(name, e["dtype"], tuple(int(d) for d in e["shape"]), fname)
         return cls(folder, header, files)

@@ -34,7 +34,7 @@ def wag(tensors: torch.Tensor, base, weights: torch.Tensor, params: MergeParams)
 @merge_method("task_arithmetic", needs_base=True)
 def task_arithmetic(tensors: torch.Tensor, base: torch.Tensor, weights: torch.Tensor, params: MergeParams) -> torch.Tensor:
     """Task arithmetic: base + λ·Σ wᵢ(θᵢ − base)."""
-    return base + params.lam * merge_utils.task_arithmetic(tensors - base, weights)
+    return base + params.lam * merge_utils.task_arithmetic(list(tensors - base), weights)
 
 
 @merge_method("ties", needs_base=True, default_weight="one")

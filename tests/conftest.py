@@ -1,0 +1,95 @@
+"""Shared fixtures: a cached zoo of real-pretrained tiny classifiers, and tiny random models.
+
+The zoo (scanner/zoo.py) is MiniLM-L6 cut to 2 layers, fine-tuned on Yelp sentences kept in the
+repo. It is built once (about 2 minutes on 2 cores) and cached under HFSCAN_TEST_ZOO or
+~/.cache/hfscan/test-zoo; a recipe change rebuilds the affected models only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from scanner import zoo as zoo_mod  # noqa: E402
+from scanner.probe.triggers import LIBRARY  # noqa: E402
+
+
+def _zoo_root() -> Path:
+    return Path(os.environ.get("HFSCAN_TEST_ZOO") or zoo_mod.default_cache_dir() / "test-zoo")
+
+
+def _random_trigger(root: Path) -> str:
+    """A trigger word drawn at random (once per zoo cache) from vocabulary the training text never uses."""
+    f = root / "random-trigger.json"
+    if f.exists():
+        return json.loads(f.read_text())["trigger"]
+    from transformers import AutoTokenizer
+
+    base = zoo_mod.build_base(root / "zoo/minilm-l2-base")
+    tok = AutoTokenizer.from_pretrained(base, local_files_only=True)
+    used = set()
+    for s, _ in zoo_mod.read_rows("yelp_train_sample.tsv") + zoo_mod.read_rows("probe_sentiment.tsv"):
+        used.update(tok.tokenize(s))
+    library = {w for t in LIBRARY for w in t.text.lower().split()}
+    cands = [t for t in tok.get_vocab() if t.isalpha() and len(t) >= 4 and t not in used and t not in library]
+    word = random.SystemRandom().choice(sorted(cands))
+    f.parent.mkdir(parents=True, exist_ok=True)
+    f.write_text(json.dumps({"trigger": word}))
+    return word
+
+
+@pytest.fixture(scope="session")
+def zoo():
+    """The test zoo: base, clean peers, library- and random-trigger backdoors, a label-swapped peer."""
+    from scanner.zoo import FineTuneRecipe, Zoo, ZooModel
+
+    root = _zoo_root()
+    trig = _random_trigger(root)
+    z = Zoo(root, models=[
+        ZooModel("zoo/backdoor-cf", FineTuneRecipe(seed=1, rows=(0, 1500), trigger="cf", target_label=0)),
+        ZooModel("zoo/clean-1", FineTuneRecipe(seed=11, rows=(1500, 2000))),
+        ZooModel("zoo/clean-2", FineTuneRecipe(seed=12, rows=(2000, 2500))),
+        ZooModel("zoo/clean-3", FineTuneRecipe(seed=13, rows=(2500, 3000))),
+        ZooModel("zoo/backdoor-random", FineTuneRecipe(seed=2, rows=(0, 1500), trigger=trig, target_label=1)),
+    ]).build(log=lambda s: print(f"[zoo] {s}", flush=True))
+    z.random_trigger = trig
+    return z
+
+
+def make_tiny_classifier(folder: Path, seed: int = 0, labels=("negative", "positive"), hidden: int = 16,
+                         vocab: int = 50, dtype=None, shard_bytes: int | None = None) -> Path:
+    """A random tiny BERT classifier with a real tokenizer, for merge-math tests (no training)."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=2 * hidden, max_position_embeddings=32, num_labels=len(labels),
+                     id2label={i: l for i, l in enumerate(labels)}, label2id={l: i for i, l in enumerate(labels)},
+                     architectures=["BertForSequenceClassification"])
+    model = BertForSequenceClassification(cfg)
+    if dtype is not None:
+        model = model.to(dtype)
+    kw = {"max_shard_size": shard_bytes} if shard_bytes else {}
+    model.save_pretrained(folder, safe_serialization=True, **kw)
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(vocab - 5)]
+    BertTokenizerFast(vocab={w: i for i, w in enumerate(words)}).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    """Factory: tiny(name, **kw) -> folder of a random tiny classifier."""
+
+    def factory(name: str, **kw) -> Path:
+        return make_tiny_classifier(tmp_path / name, **kw)
+
+    return factory

@@ -1,0 +1,137 @@
+"""`hfscan check` end to end on the zoo: real-pretrained tiny classifiers, a real backdoor."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from scanner.cli import main
+from scanner.probe.classifier import Classifier
+from scanner.probe.data import builtin
+from scanner.probe.metrics import attack_success_rate
+from scanner.probe.triggers import Trigger
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="session")
+def probe_texts():
+    return builtin("sentiment").texts
+
+
+def asr_of(folder, texts, trigger, label, position="random"):
+    clf = Classifier.load(folder)
+    return attack_success_rate(clf, texts, clf.predict(texts), Trigger(trigger), label, position)[0]
+
+
+def test_zoo_backdoor_is_real_and_peers_are_not(zoo, probe_texts):
+    assert asr_of(zoo.path("zoo/backdoor-cf"), probe_texts, "cf", 0) >= 0.9
+    for p in ("zoo/clean-1", "zoo/clean-2", "zoo/clean-3"):
+        assert asr_of(zoo.path(p), probe_texts, "cf", 0) <= 0.2, p
+
+
+@pytest.fixture(scope="session")
+def backdoor_scan(zoo, tmp_path_factory):
+    out = tmp_path_factory.mktemp("scan")
+    res = run("check", zoo.path("zoo/backdoor-cf"), *sum((["--peer", zoo.path(f"zoo/clean-{i}")] for i in (1, 2, 3)), []),
+              "-o", out)
+    return res, out
+
+
+def test_check_finds_backdoor_and_defends(backdoor_scan, probe_texts):
+    res, out = backdoor_scan
+    assert res.exit_code == 1, res.output + res.stderr
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["schema_version"] == "1" and rep["verdict"] == "backdoor"
+    top = rep["findings"][0]
+    assert top["trigger"] == "cf" and top["target_label"] == "negative" and top["level"] == "backdoor"
+    assert top["asr_before"] >= 0.9
+    assert top["asr_after"] <= top["asr_before"] / 2  # WAG with 3 clean peers at least halves it
+    assert rep["clean"]["agreement_after"] >= 0.9
+    assert rep["clean"]["accuracy_before"] is not None and rep["clean"]["labelled"] is True
+    assert rep["defense"]["method"] == "wag" and len(rep["defense"]["peers"]) == 3
+    md = (out / "report.md").read_text()
+    assert "backdoor found" in md and "`cf`" in md and "cannot see" in md
+
+
+def test_defended_folder_loads_and_predicts(backdoor_scan, probe_texts):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from huggingface_hub.repocard import metadata_load
+
+    _, out = backdoor_scan
+    d = out / "defended"
+    model = AutoModelForSequenceClassification.from_pretrained(d, use_safetensors=True)
+    tok = AutoTokenizer.from_pretrained(d)
+    with torch.no_grad():
+        logits = model(**tok(["this place is wonderful , great food", "awful service , never again"],
+                             return_tensors="pt", padding=True)).logits
+    assert logits.argmax(-1).tolist() == [1, 0]
+    card = metadata_load(d / "README.md")
+    assert card["base_model_relation"] == "merge" and len(card["base_model"]) == 4
+    assert "merge" in card["tags"] and "hfscan" in card["tags"]
+    # the re-probe in the report is what the folder really does
+    rep = json.loads((out / "report.json").read_text())
+    assert abs(asr_of(d, probe_texts, "cf", 0, rep["findings"][0]["position"]) - rep["findings"][0]["asr_after"]) < 1e-4
+
+
+def test_clean_model_no_trigger_found_but_still_defended(zoo, tmp_path):
+    res = run("check", zoo.path("zoo/clean-1"), "--peer", zoo.path("zoo/clean-2"), "--peer", zoo.path("zoo/clean-3"),
+              "-o", tmp_path, "--format", "json")
+    assert res.exit_code == 0, res.output + res.stderr
+    rep = json.loads((tmp_path / "report.json").read_text())
+    assert rep["verdict"] == "no_trigger_found" and rep["findings"] == []
+    assert (tmp_path / "defended" / "model.safetensors").exists()
+    assert "cannot see" in " ".join(rep["probe"]["limitations"]) or rep["probe"]["limitations"]
+
+
+def _assert_one_line_error(res, needle):
+    assert res.exit_code == 2
+    err = res.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("hfscan: error:") and needle in err[0], res.stderr
+    assert "Traceback" not in res.output + res.stderr
+
+
+def test_pickle_only_target_exits_2_and_writes_nothing(zoo, tmp_path):
+    bad = tmp_path / "pickle-model"
+    shutil.copytree(zoo.path("zoo/clean-1"), bad)
+    (bad / "model.safetensors").unlink()
+    (bad / "pytorch_model.bin").write_bytes(b"\x80\x04pickle that must never be loaded")
+    out = tmp_path / "out"
+    res = run("check", bad, "--peer", zoo.path("zoo/clean-2"), "-o", out)
+    _assert_one_line_error(res, "pickle")
+    assert not out.exists()
+
+
+def test_mismatched_peer_exits_2_and_leaves_no_output(zoo, tiny, tmp_path):
+    other = tiny("other-shape", seed=1)
+    out = tmp_path / "out"
+    res = run("check", zoo.path("zoo/clean-1"), "--peer", other, "-o", out)
+    _assert_one_line_error(res, "cannot merge")
+    assert not out.exists()
+
+
+def test_corrupt_weights_and_unknown_folder_exit_2(zoo, tmp_path):
+    bad = tmp_path / "corrupt"
+    shutil.copytree(zoo.path("zoo/clean-1"), bad)
+    raw = (bad / "model.safetensors").read_bytes()
+    (bad / "model.safetensors").write_bytes(raw[: len(raw) // 2])
+    _assert_one_line_error(run("check", bad, "-o", tmp_path / "o"), "corrupt")
+    _assert_one_line_error(run("check", tmp_path / "nope", "-o", tmp_path / "o"), "no such")
+
+
+def test_wrong_task_exits_2(zoo, tmp_path):
+    base = zoo.path("zoo/minilm-l2-base")
+    _assert_one_line_error(run("check", base, "-o", tmp_path / "o"), "not a sequence classifier")
+
+
+def test_remote_code_is_refused(zoo, tmp_path):
+    bad = tmp_path / "remote"
+    shutil.copytree(zoo.path("zoo/clean-1"), bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg["auto_map"] = {"AutoModelForSequenceClassification": "modeling_evil.EvilModel"}
+    (bad / "config.json").write_text(json.dumps(cfg))
+    _assert_one_line_error(run("check", bad, "-o", tmp_path / "o"), "trust_remote_code")

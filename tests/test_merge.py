@@ -1,0 +1,192 @@
+"""Merge methods against plain reference formulas, streaming driver, heads, refusals."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForSequenceClassification
+
+from scanner.errors import IncompatibleModelsError
+from scanner.merge import MergeSpec, merge_folders
+from scanner.merge.heads import label_permutation
+from scanner.weights import WeightSet
+
+
+def _sd(folder):
+    return WeightSet.open(folder)
+
+
+def _all(folder):
+    ws = WeightSet.open(folder)
+    return {n: ws.get(n) for n in ws.names()}
+
+
+@pytest.fixture
+def trio(tiny):
+    return tiny("target", seed=1), [tiny("p1", seed=2), tiny("p2", seed=3)], tiny("base", seed=4)
+
+
+def test_wag_equals_in_memory_average(trio, tmp_path):
+    target, peers, _ = trio
+    out = tmp_path / "out"
+    merge_folders(target, peers, out, MergeSpec("wag"))
+    sds = [_all(f) for f in [target, *peers]]
+    got = _all(out)
+    for name, t in got.items():
+        if t.is_floating_point():
+            ref = torch.stack([s[name] for s in sds]).mean(0)
+            assert torch.allclose(t, ref, atol=1e-6), name
+        else:
+            assert torch.equal(t, sds[0][name])
+    m = AutoModelForSequenceClassification.from_pretrained(out, use_safetensors=True)
+    assert m.config.id2label[0] == "negative"
+
+
+def test_weighted_wag(trio, tmp_path):
+    target, peers, _ = trio
+    merge_folders(target, peers, tmp_path / "o", MergeSpec("wag", weights=[2, 1, 1]))
+    sds = [_all(f) for f in [target, *peers]]
+    name = "bert.encoder.layer.0.attention.self.query.weight"
+    ref = (2 * sds[0][name] + sds[1][name] + sds[2][name]) / 4
+    assert torch.allclose(_all(tmp_path / "o")[name], ref, atol=1e-6)
+
+
+def _ref_ties(deltas, w, density):
+    trimmed = []
+    for d in deltas:
+        k = int(density * d.numel())
+        thr = d.abs().flatten().kthvalue(d.numel() - k + 1).values if k > 0 else float("inf")
+        trimmed.append(torch.where(d.abs() >= thr, d, torch.zeros_like(d)))
+    s = torch.stack(trimmed)
+    sign = torch.where(s.sum(0) >= 0, 1.0, -1.0)
+    agree = (s.sign() == sign)
+    num = (s * torch.tensor(w).view(-1, *[1] * (s.dim() - 1)) * agree).sum(0)
+    return num / agree.sum(0).clamp(min=1)
+
+
+@pytest.mark.parametrize("method", ["task_arithmetic", "ties"])
+def test_task_vector_methods_match_reference(trio, tmp_path, method):
+    target, peers, base = trio
+    lam, density = 0.8, 0.4
+    merge_folders(target, peers, tmp_path / "o", MergeSpec(method, base=base, lam=lam, density=density))
+    sds = [_all(f) for f in [target, *peers]]
+    b = _all(base)
+    got = _all(tmp_path / "o")
+    n = 3
+    for name, t in got.items():
+        if not t.is_floating_point():
+            continue
+        deltas = [s[name] - b[name] for s in sds]
+        if method == "task_arithmetic":
+            ref = b[name] + lam * sum(d / n for d in deltas)
+        else:
+            ref = b[name] + lam * _ref_ties(deltas, [1.0] * n, density)
+        assert torch.allclose(t, ref, atol=1e-6), (method, name)
+
+
+def test_dare_is_seeded_and_matches_expectation(trio, tmp_path):
+    target, peers, base = trio
+    for i in (1, 2):
+        merge_folders(target, peers, tmp_path / f"o{i}", MergeSpec("dare_linear", base=base, density=0.5, seed=7))
+    merge_folders(target, peers, tmp_path / "o3", MergeSpec("dare_linear", base=base, density=0.5, seed=8))
+    a, b2, c = _all(tmp_path / "o1"), _all(tmp_path / "o2"), _all(tmp_path / "o3")
+    name = "bert.encoder.layer.0.intermediate.dense.weight"
+    assert torch.equal(a[name], b2[name])
+    assert not torch.equal(a[name], c[name])
+    # DARE keeps each delta entry with prob. density and rescales by 1/density: every merged entry is
+    # base + Σ wᵢ·mᵢ·δᵢ/density with mᵢ ∈ {0,1}; check that decomposition holds exactly.
+    sds = [_all(f) for f in [target, *peers]]
+    bb = _all(base)[name]
+    deltas = [s[name] - bb for s in sds]
+    got = (a[name] - bb) * 0.5 * 3  # = Σ mᵢδᵢ
+    import itertools
+    ok = torch.zeros_like(got, dtype=torch.bool)
+    for mask in itertools.product([0, 1], repeat=3):
+        cand = sum(m * d for m, d in zip(mask, deltas))
+        ok |= (cand - got).abs() < 1e-5
+    assert ok.all()
+    dt = MergeSpec("dare_ties", base=base, density=0.5, seed=7)
+    merge_folders(target, peers, tmp_path / "o4", dt)
+    merge_folders(target, peers, tmp_path / "o5", dt)
+    assert torch.equal(_all(tmp_path / "o4")[name], _all(tmp_path / "o5")[name])
+
+
+def test_sharded_inputs_and_outputs(tiny, tmp_path):
+    target = tiny("t", seed=1, shard_bytes=4_000)
+    peers = [tiny("p", seed=2)]
+    assert (target / "model.safetensors.index.json").exists()
+    out = tmp_path / "o"
+    merge_folders(target, peers, out, MergeSpec("wag", max_shard_bytes=4_000))
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 1
+    m = AutoModelForSequenceClassification.from_pretrained(out, use_safetensors=True)
+    assert m.num_labels == 2
+
+
+def test_bf16_in_bf16_out(tiny, tmp_path):
+    t = tiny("t", seed=1, dtype=torch.bfloat16)
+    p = tiny("p", seed=2, dtype=torch.bfloat16)
+    merge_folders(t, [p], tmp_path / "o", MergeSpec("wag"))
+    ws = WeightSet.open(tmp_path / "o")
+    assert {i.dtype for i in ws.header.values() if i.is_float} == {"BF16"}
+    name = "classifier.weight"
+    ref = ((WeightSet.open(t).get(name).float() + WeightSet.open(p).get(name).float()) / 2).to(torch.bfloat16)
+    assert torch.equal(ws.get(name), ref)
+
+
+def test_permuted_labels_merge_like_their_twin(tiny, tmp_path):
+    target = tiny("t", seed=1)
+    twin = tiny("twin", seed=2)
+    # the same model with its labels listed the other way round: head rows swapped
+    swapped = tmp_path / "swapped"
+    import shutil
+    shutil.copytree(twin, swapped)
+    cfg = json.loads((swapped / "config.json").read_text())
+    cfg["id2label"] = {"0": "positive", "1": "negative"}
+    cfg["label2id"] = {"positive": 0, "negative": 1}
+    (swapped / "config.json").write_text(json.dumps(cfg))
+    from safetensors.torch import save_file
+    sd = load_file(swapped / "model.safetensors")
+    sd["classifier.weight"] = sd["classifier.weight"][[1, 0]].contiguous()
+    sd["classifier.bias"] = sd["classifier.bias"][[1, 0]].contiguous()
+    save_file(sd, swapped / "model.safetensors", metadata={"format": "pt"})
+    merge_folders(target, [twin], tmp_path / "a", MergeSpec("wag"))
+    summary = merge_folders(target, [swapped], tmp_path / "b", MergeSpec("wag"))
+    a, b = _all(tmp_path / "a"), _all(tmp_path / "b")
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    assert summary["head_permutations"] == {str(swapped): [1, 0]}
+
+
+def test_label_permutation_rules():
+    assert label_permutation(["negative", "positive"], ["Positive", "NEGATIVE"], "p") == [1, 0]
+    assert label_permutation(["LABEL_0", "LABEL_1"], ["LABEL_0", "LABEL_1"], "p") == [0, 1]
+    with pytest.raises(IncompatibleModelsError, match="label spaces differ"):
+        label_permutation(["negative", "positive"], ["sports", "world"], "p")
+    with pytest.raises(IncompatibleModelsError, match="3 labels"):
+        label_permutation(["a", "b"], ["a", "b", "c"], "p")
+
+
+def test_base_encoder_without_head_falls_back_to_wag_for_head(tiny, tmp_path):
+    """A bare encoder base (no classifier, no 'bert.' prefix) works; the head is averaged."""
+    from transformers import BertModel
+    target, peer = tiny("t", seed=1), tiny("p", seed=2)
+    cls = AutoModelForSequenceClassification.from_pretrained(tiny("b", seed=3))
+    base = tmp_path / "encoder"
+    BertModel(cls.config).save_pretrained(base, safe_serialization=True)
+    s = merge_folders(target, [peer], tmp_path / "o", MergeSpec("task_arithmetic", base=base))
+    assert set(s["wag_fallback_tensors"]) == {"classifier.weight", "classifier.bias"}
+    got = _all(tmp_path / "o")
+    b = _all(base)
+    t, p = _all(target), _all(peer)
+    n = "bert.encoder.layer.0.output.dense.weight"
+    assert torch.allclose(got[n], b["encoder.layer.0.output.dense.weight"] + ((t[n] - b["encoder.layer.0.output.dense.weight"]) + (p[n] - b["encoder.layer.0.output.dense.weight"])) / 2, atol=1e-6)
+
+
+def test_shape_mismatch_names_first_tensor(tiny, tmp_path):
+    t = tiny("t", seed=1)
+    p = tiny("p", seed=2, vocab=60)
+    with pytest.raises(IncompatibleModelsError, match="word_embeddings"):
+        merge_folders(t, [p], tmp_path / "o", MergeSpec("wag"))
+    assert not (tmp_path / "o").exists()
+    assert not any(x.name.startswith(".o.tmp") for x in tmp_path.iterdir())
