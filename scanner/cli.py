@@ -160,8 +160,8 @@ def merge(target, peers, output, method, base, weights, density, lam, seed, shar
     from .merge import MergeSpec, merge_folders
     from .pipeline import resolve_base
 
-    t = resolve(target, hub_dir)
-    ps = [resolve(p, hub_dir) for p in peers]
+    t = resolve(target, hub_dir, loadable=False)
+    ps = [resolve(p, hub_dir, loadable=False) for p in peers]
     b = resolve_base(base, hub_dir) if base else None
     spec = MergeSpec(method, b.path if b else None, _floats(weights), density, lam, seed, _size(shard_size))
     summary = merge_folders(t.path, [p.path for p in ps], output, spec, names=[t.name] + [p.name for p in ps],

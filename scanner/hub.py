@@ -92,8 +92,12 @@ def read_card(folder: Path) -> dict:
         return {}
 
 
-def check_classifier_config(config: dict, label: str) -> None:
-    """Refuse configs hfscan cannot scan safely or meaningfully."""
+def check_classifier_config(config: dict, label: str, known_to_transformers: bool = True) -> None:
+    """Refuse configs hfscan cannot scan safely or meaningfully.
+
+    ``known_to_transformers=False`` skips the (0.6 s) lookup of the architecture in transformers,
+    for commands that only merge tensors and never load the model.
+    """
     if config.get("auto_map"):
         raise UnsupportedModelError(
             f"{label} needs custom code (auto_map in config.json); hfscan never runs trust_remote_code"
@@ -104,17 +108,19 @@ def check_classifier_config(config: dict, label: str) -> None:
             f"{label} is a {archs[0] if archs else 'model without architectures'}, not a sequence classifier; "
             f"hfscan scans {SUPPORTED_TASK} models (*ForSequenceClassification)"
         )
+    if not known_to_transformers:
+        return
     import transformers
 
-    if not hasattr(transformers, archs[0]):
+    if archs[0] not in dir(transformers):  # the lazy module lists its names without importing them
         raise UnsupportedModelError(
             f"{label}: architecture {archs[0]} is not in transformers {transformers.__version__}; "
             "hfscan never runs trust_remote_code"
         )
 
 
-def resolve_folder(folder: str | os.PathLike, ref: str | None = None, **meta) -> ResolvedModel:
-    """Validate a local model folder and describe it."""
+def resolve_folder(folder: str | os.PathLike, ref: str | None = None, loadable: bool = True, **meta) -> ResolvedModel:
+    """Validate a local model folder and describe it (``loadable``: check transformers knows it)."""
     folder = Path(folder)
     label = ref or str(folder)
     if not folder.is_dir():
@@ -126,7 +132,7 @@ def resolve_folder(folder: str | os.PathLike, ref: str | None = None, **meta) ->
         config = json.loads(cfg_path.read_text())
     except json.JSONDecodeError:
         raise UnsupportedModelError(f"{label}: config.json is not valid JSON") from None
-    check_classifier_config(config, label)
+    check_classifier_config(config, label, known_to_transformers=loadable)
     weights = WeightSet.open(folder, label=label)  # refuses pickle-only folders, checks headers
     if not any((folder / f).exists() for f in TOKENIZER_FILES):
         raise UnsupportedModelError(f"{label} has no tokenizer files")
@@ -156,12 +162,12 @@ class LocalHub:
     def repo_path(self, repo_id: str) -> Path:
         return self.root / repo_id
 
-    def resolve(self, ref: str) -> ResolvedModel:
+    def resolve(self, ref: str, loadable: bool = True) -> ResolvedModel:
         repo_id, _, rev = ref.partition("@")
         path = self.repo_path(repo_id)
         if not path.is_dir():
             raise ModelNotFoundError(f"{repo_id}: no such model in {self.root}")
-        return resolve_folder(path, ref=repo_id, repo_id=repo_id, revision=rev or None)
+        return resolve_folder(path, ref=repo_id, loadable=loadable, repo_id=repo_id, revision=rev or None)
 
     def list_models(self) -> list[str]:
         return sorted(
@@ -171,13 +177,13 @@ class LocalHub:
         )
 
 
-def resolve(ref: str, hub_dir: str | os.PathLike | None = None) -> ResolvedModel:
+def resolve(ref: str, hub_dir: str | os.PathLike | None = None, loadable: bool = True) -> ResolvedModel:
     """Resolve a folder path or an ``ORG/NAME`` in a local hub."""
     if Path(ref).expanduser().is_dir():
-        return resolve_folder(Path(ref).expanduser(), ref=ref)
+        return resolve_folder(Path(ref).expanduser(), ref=ref, loadable=loadable)
     hub_dir = hub_dir or os.environ.get("HFSCAN_HUB_DIR")
     if hub_dir:
-        return LocalHub(hub_dir).resolve(ref)
+        return LocalHub(hub_dir).resolve(ref, loadable=loadable)
     raise ModelNotFoundError(
         f"{ref}: no such folder (Hub ids need --hub-dir DIR or HFSCAN_HUB_DIR for a local hub in this version)"
     )

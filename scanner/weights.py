@@ -4,11 +4,14 @@ hfscan never unpickles weights. A model folder is readable when it holds ``model
 a sharded ``model.safetensors.index.json``; folders with only pickle files (``*.bin``, ``*.pt``,
 ``*.pth``, ``*.ckpt``) are refused with `PickleWeightsError`.
 
-Reads go through ``safetensors.safe_open`` one tensor at a time. Writes go through
-`StreamingShardWriter`, which writes each safetensors file header first (all shapes and dtypes
-are known up front) and then appends tensor bytes one tensor at a time, so peak memory is one
-tensor, not one shard. ``safetensors.torch.save_file`` would need every tensor of a shard in
-memory at once; that is why this module writes the (simple, documented) format itself.
+Reads are positioned reads (``os.pread``) of one tensor, or of a range of its rows, at the
+offsets the header gives. ``safetensors.safe_open`` memory-maps whole files instead, and every
+page it touches stays resident (and counts toward RSS) while the handle is open; with four
+models open at once that is the size of the models, which is what streaming must avoid. Writes
+go through `StreamingShardWriter`, which writes each file's header first (all shapes and dtypes
+are known up front) and then appends tensor bytes, whole tensors or row chunks, in order:
+``safetensors.torch.save_file`` would need every tensor of a shard in memory at once. The format
+is small and documented; tests check every file hfscan writes with the reference reader.
 
 Example:
     >>> weights = WeightSet.open("path/to/model")
@@ -62,6 +65,7 @@ class TensorInfo:
     dtype: str  # safetensors dtype code, e.g. "F32", "BF16"
     shape: tuple[int, ...]
     file: str  # file name inside the model folder
+    offset: int = 0  # absolute byte offset of the tensor's data in ``file``
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -72,11 +76,20 @@ class TensorInfo:
         return self.dtype.startswith(("F", "BF"))
 
     @property
+    def itemsize(self) -> int:
+        return torch.empty((), dtype=self.torch_dtype).element_size()
+
+    @property
     def nbytes(self) -> int:
         n = 1
         for d in self.shape:
             n *= d
-        return n * torch.empty((), dtype=self.torch_dtype).element_size()
+        return n * self.itemsize
+
+    @property
+    def row_bytes(self) -> int:
+        """Bytes of one slice along dim 0 (the whole tensor for a scalar)."""
+        return self.nbytes // self.shape[0] if self.shape and self.shape[0] else self.nbytes
 
 
 def dtype_code(dtype: torch.dtype) -> str:
@@ -88,7 +101,7 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict[str, dict], d
     """Parse a safetensors header without touching tensor data.
 
     Returns ``(tensors, metadata)`` where ``tensors`` maps names to the raw header entries
-    (``dtype``, ``shape``, ``data_offsets``). Raises `CorruptWeightsError` on a truncated file,
+    (``dtype``, ``shape``, ``data_offsets``, and ``start``: the absolute offset of the data). Raises `CorruptWeightsError` on a truncated file,
     invalid JSON, unknown dtypes or offsets that point outside the file.
     """
     path = Path(path)
@@ -122,6 +135,7 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict[str, dict], d
             numel *= int(d)
         if end - start != numel * torch.empty((), dtype=_DTYPES[dtype]).element_size():
             raise CorruptWeightsError(f"{path.name}: tensor {name!r} byte size does not match its shape")
+        entry["start"] = 8 + n + start
     return header, metadata
 
 
@@ -151,7 +165,7 @@ class WeightSet:
         self.folder = folder
         self.header = header
         self.files = files
-        self._handles: dict[str, object] = {}
+        self._handles: dict[str, int] = {}
 
     @classmethod
     def open(cls, folder: str | os.PathLike, label: str | None = None) -> "WeightSet":
@@ -180,7 +194,7 @@ class WeightSet:
             except CorruptWeightsError as e:
                 raise CorruptWeightsError(f"{label or folder}: {e}") from None
             for name, e in entries.items():
-                header[name] = TensorInfo(name, e["dtype"], tuple(int(d) for d in e["shape"]), fname)
+                header[name] = TensorInfo(name, e["dtype"], tuple(int(d) for d in e["shape"]), fname, e["start"])
         return cls(folder, header, files)
 
     def names(self) -> list[str]:
@@ -189,27 +203,65 @@ class WeightSet:
     def shapes(self) -> dict[str, tuple[int, ...]]:
         return {n: t.shape for n, t in self.header.items()}
 
-    def _handle(self, fname: str):
-        from safetensors import safe_open
-
+    def _fd(self, fname: str) -> int:
         if fname not in self._handles:
-            self._handles[fname] = safe_open(str(self.folder / fname), framework="pt")
+            self._handles[fname] = os.open(self.folder / fname, os.O_RDONLY)
         return self._handles[fname]
 
+    def _read(self, info: TensorInfo, offset: int, nbytes: int, into: memoryview | None = None):
+        buf = bytearray(nbytes) if into is None else into
+        view = memoryview(buf).cast("B")
+        fd = self._fd(info.file)
+        got = 0
+        while got < nbytes:
+            n = os.preadv(fd, [view[got:]], info.offset + offset + got)
+            if n <= 0:
+                raise CorruptWeightsError(f"{self.folder.name}/{info.file}: {info.name!r} is truncated")
+            got += n
+        return buf
+
     def get(self, name: str) -> torch.Tensor:
-        """Read one tensor (a copy; nothing else is loaded)."""
+        """Read one whole tensor (nothing else is loaded)."""
         info = self.header[name]
-        try:
-            return self._handle(info.file).get_tensor(name)
-        except Exception as e:  # safetensors raises its own error types
-            raise CorruptWeightsError(f"{self.folder.name}/{info.file}: cannot read {name!r} ({e})") from None
+        return self.get_rows(name, 0, info.shape[0] if info.shape else 1)
+
+    def get_rows(self, name: str, start: int, stop: int, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Read rows ``start:stop`` (along dim 0) of a tensor.
+
+        With ``out`` (a contiguous tensor of the same dtype and shape) the bytes are read straight
+        into it, without an intermediate buffer.
+        """
+        info = self.header[name]
+        if out is not None and info.shape and out.dtype == info.torch_dtype and out.is_contiguous():
+            stop = min(stop, info.shape[0])
+            if tuple(out.shape) == (stop - start, *info.shape[1:]) and out.numel():
+                self._read(info, start * info.row_bytes, (stop - start) * info.row_bytes,
+                           into=memoryview(out.view(torch.uint8).reshape(-1).numpy()))
+                return out
+        if not info.shape:
+            return torch.frombuffer(self._read(info, 0, info.nbytes), dtype=info.torch_dtype).reshape(())
+        stop = min(stop, info.shape[0])
+        rows = max(0, stop - start)
+        shape = (rows, *info.shape[1:])
+        if rows == 0 or info.nbytes == 0:
+            return torch.empty(shape, dtype=info.torch_dtype)
+        buf = self._read(info, start * info.row_bytes, rows * info.row_bytes)
+        return torch.frombuffer(buf, dtype=info.torch_dtype).reshape(shape)
 
     def iter_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
         for name in self.header:
             yield name, self.get(name)
 
     def close(self) -> None:
+        for fd in self._handles.values():
+            os.close(fd)
         self._handles.clear()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
 
     def __enter__(self) -> "WeightSet":
         return self
@@ -277,6 +329,7 @@ class StreamingShardWriter:
         self._expected = {e[0]: (e[1], tuple(e[2])) for e in entries}
         self._order = [name for s in self.shards for name in s.names]
         self._pos = 0
+        self._partial = 0  # bytes of the current tensor written so far (chunked writes)
         self._shard_i = -1
         self._fh = None
 
@@ -285,18 +338,25 @@ class StreamingShardWriter:
         return self
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
-        """Append the next tensor; names must come in plan order."""
+        """Append the next tensor, whole or as the next chunk of its rows; names come in plan order."""
         if self._pos >= len(self._order) or self._order[self._pos] != name:
             expected = self._order[self._pos] if self._pos < len(self._order) else "<end>"
             raise ValueError(f"tensor {name!r} written out of order (expected {expected!r})")
         dtype, shape = self._expected[name]
-        if tuple(tensor.shape) != shape or dtype_code(tensor.dtype) != dtype:
+        whole = tuple(tensor.shape) == shape
+        if dtype_code(tensor.dtype) != dtype or not (whole or (shape and tuple(tensor.shape[1:]) == shape[1:])):
             raise ValueError(f"tensor {name!r}: got {dtype_code(tensor.dtype)}{list(tensor.shape)}, planned {dtype}{list(shape)}")
         while self._fh is None or name not in self.shards[self._shard_i].names:
             self._next_shard()
         data = tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
         self._fh.write(memoryview(data))
-        self._pos += 1
+        self._partial += data.nbytes
+        total = TensorInfo(name, dtype, shape, "").nbytes
+        if self._partial > total:
+            raise ValueError(f"tensor {name!r}: more rows written than planned")
+        if self._partial == total:
+            self._pos += 1
+            self._partial = 0
 
     def _next_shard(self) -> None:
         if self._fh is not None:

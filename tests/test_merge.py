@@ -190,3 +190,37 @@ def test_shape_mismatch_names_first_tensor(tiny, tmp_path):
         merge_folders(t, [p], tmp_path / "o", MergeSpec("wag"))
     assert not (tmp_path / "o").exists()
     assert not any(x.name.startswith(".o.tmp") for x in tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("method,density", [("wag", 1.0), ("task_arithmetic", 1.0), ("dare_linear", 1.0), ("ties", 0.3)])
+def test_row_chunked_merge_equals_whole_tensor_merge(trio, tmp_path, method, density):
+    """Large tensors are merged in row chunks (TIES after a per-model threshold pass): same result."""
+    target, peers, base = trio
+    big = 1 << 40
+    whole = merge_folders(target, peers, tmp_path / "whole", MergeSpec(method, base=base, density=density, chunk_bytes=big))
+    merge_folders(target, peers, tmp_path / "chunked", MergeSpec(method, base=base, density=density, chunk_bytes=256))
+    a, b = _all(tmp_path / "whole"), _all(tmp_path / "chunked")
+    assert all(torch.allclose(a[n], b[n], atol=1e-6) for n in a)
+    assert whole["method"] == method
+
+
+def test_merge_cli_writes_loadable_folder_and_refuses_bad_input(tiny, tmp_path):
+    from click.testing import CliRunner
+    from scanner.cli import main
+
+    t, p = tiny("t", seed=1), tiny("p", seed=2)
+    out = tmp_path / "merged"
+    r = CliRunner().invoke(main, ["merge", "--method", "ties", "--base", str(tiny("b", seed=3)), "--density", "0.3",
+                                  str(t), str(p), "-o", str(out), "--shard-size", "4KB"])
+    assert r.exit_code == 0, r.output + r.stderr
+    assert (out / "model.safetensors.index.json").exists()
+    assert AutoModelForSequenceClassification.from_pretrained(out, use_safetensors=True).num_labels == 2
+    # other labels -> exit 2, one line, no output folder
+    other = tiny("other", seed=4, labels=("world", "sports"))
+    out2 = tmp_path / "merged2"
+    r = CliRunner().invoke(main, ["merge", str(t), str(other), "-o", str(out2)])
+    assert r.exit_code == 2 and "label spaces differ" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not out2.exists()
+    # a base-model method without a base -> exit 2
+    r = CliRunner().invoke(main, ["merge", "--method", "task_arithmetic", str(t), str(p), "-o", str(out2)])
+    assert r.exit_code == 2 and "needs a base" in r.stderr and not out2.exists()

@@ -49,6 +49,8 @@ class MergeSpec:
     lam: float = 1.0
     seed: int = 0
     max_shard_bytes: int = 2 * 1024**3
+    # Elementwise methods process large tensors in row chunks of about this many bytes per model.
+    chunk_bytes: int = 32 * 1024**2
     # Explicit head permutations per peer index (0 = first peer); else derived from label names.
     head_perms: dict[int, list[int]] = field(default_factory=dict)
 
@@ -148,30 +150,48 @@ def merge_folders(
 
     with atomic_dir(out) as tmp:
         with StreamingShardWriter(tmp, plan, spec.max_shard_bytes) as writer:
-            for name, info in tqdm(t_ws.header.items(), desc="merge", unit="tensor", disable=None if progress is None else not progress, leave=False):
-                t = t_ws.get(name)
+            for name, info in tqdm(t_ws.header.items(), desc="merge", unit="tensor",
+                                   disable=None if progress is None else not progress, leave=False):
                 if not info.is_float:
-                    writer.write(name, t)
+                    writer.write(name, t_ws.get(name))
                     continue
-                stack = [t.float()]
                 head = is_head_tensor(name, info.shape, len(t_labels))
-                for ws, perm in zip(p_ws, perms):
-                    x = ws.get(name).float()
-                    stack.append(x[perm] if head and perm != list(range(len(perm))) else x)
-                tensors = torch.stack(stack)
-                del stack
-                params = MergeParams(spec.density, spec.lam, spec.seed, name)
-                if method.needs_base:
-                    bname = _base_name(name, base_names)
-                    if bname is None or b_ws.header[bname].shape != info.shape:
-                        wag_fallback.append(name)
-                        merged = get("wag").fn(tensors, None, w, params)
-                    else:
-                        merged = method.fn(tensors, b_ws.get(bname).float(), w, params)
-                else:
-                    merged = method.fn(tensors, None, w, params)
-                writer.write(name, merged.to(t.dtype).contiguous())
-                del tensors, merged
+                bname = _base_name(name, base_names) if method.needs_base else None
+                if method.needs_base and (bname is None or b_ws.header[bname].shape != info.shape):
+                    wag_fallback.append(name)
+                fn = get("wag").fn if name in wag_fallback else method.fn
+                rows = info.shape[0] if info.shape else 1
+                stats: tuple = ()
+                if fn is method.fn and method.stats is not None:
+                    # first pass: one model's whole task vector at a time
+                    b_full = b_ws.get(bname).float()
+                    for i, ws in enumerate([t_ws, *p_ws]):
+                        x = ws.get(name).float()
+                        if i > 0 and head and perms[i - 1] != list(range(len(perms[i - 1]))):
+                            x = x[perms[i - 1]]
+                        stats += (method.stats(x - b_full, MergeParams(spec.density, spec.lam, spec.seed, name)),)
+                        del x
+                    del b_full
+                step = rows
+                if (method.elementwise or stats) and not head and info.nbytes > spec.chunk_bytes:
+                    step = max(1, spec.chunk_bytes // max(1, info.row_bytes))
+                for start in range(0, rows, step):
+                    stop = min(rows, start + step)
+                    tensors = torch.empty((n_models, stop - start, *info.shape[1:]) if info.shape else (n_models,),
+                                          dtype=torch.float32)
+                    for i, ws in enumerate([t_ws, *p_ws]):
+                        if info.torch_dtype == torch.float32 and info.shape:
+                            x = ws.get_rows(name, start, stop, out=tensors[i])  # read in place, no copy
+                        else:
+                            x = ws.get_rows(name, start, stop).float()
+                            tensors[i] = x
+                        if i > 0 and head and perms[i - 1] != list(range(len(perms[i - 1]))):
+                            tensors[i] = x[perms[i - 1]].clone()
+                    base_part = b_ws.get_rows(bname, start, stop).float() if fn is method.fn and method.needs_base else None
+                    seed_name = name if step == rows else f"{name}@{start}"
+                    merged = fn(tensors, base_part, w, MergeParams(spec.density, spec.lam, spec.seed, seed_name, stats))
+                    writer.write(name, merged.to(info.torch_dtype).contiguous())
+                    del tensors, merged, base_part
         for f in COPY_FILES:
             if (target / f).exists():
                 shutil.copy2(target / f, tmp / f)

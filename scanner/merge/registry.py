@@ -29,6 +29,7 @@ class MergeParams:
     lam: float = 1.0  # task-vector scale (λ)
     seed: int = 0  # DARE's random drop
     name: str = ""  # the tensor's name (DARE derives its per-tensor seed from it)
+    stats: tuple = ()  # per-model whole-tensor statistics, for methods that declare ``stats``
 
 
 MethodFn = Callable[[torch.Tensor, "torch.Tensor | None", torch.Tensor, MergeParams], torch.Tensor]
@@ -41,6 +42,10 @@ class MergeMethod:
     needs_base: bool
     default_weight: str  # "mean" (weights 1/N) or "one" (weights 1)
     doc: str
+    elementwise: bool = True  # each output entry depends only on the same entry of the inputs
+    # Optional first pass: a statistic of each model's whole task vector (delta from the base),
+    # computed one model at a time, after which the method is elementwise (TIES's trim threshold).
+    stats: Callable[[torch.Tensor, "MergeParams"], object] | None = None
 
     def default_weights(self, n: int) -> list[float]:
         return [1.0 / n] * n if self.default_weight == "mean" else [1.0] * n
@@ -49,12 +54,20 @@ class MergeMethod:
 REGISTRY: dict[str, MergeMethod] = {}
 
 
-def merge_method(name: str, *, needs_base: bool, default_weight: str = "mean") -> Callable[[MethodFn], MethodFn]:
-    """Register ``fn`` as merge method ``name``."""
+def merge_method(
+    name: str, *, needs_base: bool, default_weight: str = "mean", elementwise: bool = True, stats=None
+) -> Callable[[MethodFn], MethodFn]:
+    """Register ``fn`` as merge method ``name``.
+
+    ``elementwise`` methods may be fed a tensor in row chunks (bounded memory for large
+    embedding matrices); others always get whole tensors. A method whose only whole-tensor step
+    is a per-model statistic (TIES ranks each task vector to find its trim threshold) declares
+    ``stats``: the driver computes it one model at a time and then feeds row chunks.
+    """
 
     def deco(fn: MethodFn) -> MethodFn:
         doc = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else name
-        REGISTRY[name] = MergeMethod(name, fn, needs_base, default_weight, doc)
+        REGISTRY[name] = MergeMethod(name, fn, needs_base, default_weight, doc, elementwise, stats)
         return fn
 
     return deco
