@@ -113,7 +113,7 @@ def check(target, peers, output, formats, hub_dir, probe_data, method, base, wei
     from .report import write_reports
 
     fmts = _formats(formats)
-    log = (lambda s: None) if quiet else (lambda s: click.echo(f"· {s}", err=True))
+    log = (lambda s: None) if quiet else _logger()
     opts = CheckOptions(target=target, peers=list(peers), output_dir=output, hub_dir=hub_dir, probe_data=probe_data,
                         method=method, base=base, weights=_floats(weights), density=density, lam=lam, seed=seed,
                         defend=not no_defend)
@@ -126,6 +126,13 @@ def check(target, peers, output, formats, hub_dir, probe_data, method, base, wei
     else:
         click.echo(f"{report.target.id}: {report.verdict}")
     sys.exit(report.exit_code)
+
+
+def _logger():
+    import time
+
+    t0 = time.time()
+    return lambda s: click.echo(f"· [{time.time() - t0:5.1f}s] {s}", err=True)
 
 
 def summary_table(report) -> str:
@@ -198,7 +205,7 @@ def demo(hub_dir, output, rebuild):
     opts = CheckOptions(target=repos["target"], peers=repos["peers"], output_dir=output, hub_dir=str(hub))
     click.echo(f"· hfscan check {repos['target']} " + " ".join(f"--peer {p}" for p in repos["peers"])
                + f" --hub-dir {hub}", err=True)
-    report = run_check(opts, log=lambda s: click.echo(f"· {s}", err=True))
+    report = run_check(opts, log=_logger())
     written = write_reports(report, output, ["json", "md"])
     click.echo(summary_table(report))
     for fmt, path in written.items():

@@ -27,7 +27,9 @@ from .probe import BLIND_SPOTS, LIBRARY, POSITIONS
 from .probe import data as probe_data
 from .probe.classifier import Classifier
 from .probe.metrics import accuracy, agreement
+from .probe.candidates import gather
 from .probe.scan import ProbeResult, probe_model, remeasure
+from .probe.search import SearchBudget
 from .probe.verdict import NONE, Thresholds, assess
 from .report import CleanMetrics, Defense, FindingRecord, ModelInfo, PeerRecord, ProbeInfo, ScanReport
 
@@ -48,6 +50,7 @@ class CheckOptions:
     defend: bool = True
     thresholds: Thresholds = field(default_factory=Thresholds)
     max_probe: int = 300  # probe inputs used at most
+    search_budget: str = "default"  # gradient search: off | small | default | large
 
 
 def _model_info(m: ResolvedModel) -> ModelInfo:
@@ -69,22 +72,23 @@ def check(opts: CheckOptions, log: Callable[[str], None] = lambda s: None) -> Sc
     probe_set, labels = probe_data.choose(target.labels, opts.probe_data)
     texts = probe_set.texts[: opts.max_probe]
     labels = labels[: opts.max_probe] if labels else None
-    candidates = list(LIBRARY)
-    log(f"probing {target.name} with {len(candidates)} candidate triggers on {len(texts)} inputs")
-
+    log(f"loading {1 + len(peers)} models")
     target_clf = Classifier.load(target.path, name=target.name)
+    peer_clfs = [Classifier.load(p.path, name=p.name) for p in peers]
+    log("gathering candidate triggers (library, weight-space differential, gradient search)")
+    candidates, _ = gather([target.path, *[p.path for p in peers]], [target_clf, *peer_clfs], texts,
+                           base=base.path if base else None, budget=SearchBudget.preset(opts.search_budget), log=log)
+    log(f"verifying {len(candidates)} candidates on {target.name} and {len(peers)} peers ({len(texts)} inputs)")
     target_probe = probe_model(target_clf, texts, candidates, name=target.name)
     peer_probes: list[ProbeResult] = []
-    for p, perm in zip(peers, perms):
-        log(f"probing peer {p.name}")
-        clf = Classifier.load(p.path, name=p.name)
+    for p, perm, clf in zip(peers, perms, peer_clfs):
         res = probe_model(clf, texts, candidates, name=p.name)
         # express the peer's results in the target's label ids
         inv = {peer_id: tid for tid, peer_id in enumerate(perm)}
         for r in res.results:
             r.label = inv[r.label]
         peer_probes.append(res)
-    verdict, findings = assess(target_probe, peer_probes, opts.thresholds)
+    verdict, findings, null = assess(target_probe, peer_probes, opts.thresholds)
     log(f"verdict: {verdict}")
 
     clean = CleanMetrics(accuracy_before=accuracy(target_probe.clean_pred, labels), n=len(texts),
@@ -103,7 +107,7 @@ def check(opts: CheckOptions, log: Callable[[str], None] = lambda s: None) -> Sc
         clean.agreement_after = agreement(dpred, target_probe.clean_pred)
         for f in findings:
             after[(f.result.trigger.text, f.result.label)] = remeasure(dclf, texts, f.result, dpred).asr
-        lib_after = probe_model(dclf, texts, LIBRARY, name="defended", screen=None)
+        lib_after = probe_model(dclf, texts, LIBRARY, name="defended")
         note = (
             "The defended variant is produced although no trigger was found: the merge also removes triggers "
             "the probe cannot see (e.g. syntactic or style triggers)."
@@ -139,6 +143,7 @@ def check(opts: CheckOptions, log: Callable[[str], None] = lambda s: None) -> Sc
             peer_asr_max=round(max(f.peer_asrs), 4) if f.peer_asrs else None,
             peer_asr_median=round(statistics.median(f.peer_asrs), 4) if f.peer_asrs else None,
             z=round(f.z, 2) if f.z is not None else None,
+            gap=round(f.gap, 4) if f.gap is not None else None,
             level=f.level,
         )
         for f in findings

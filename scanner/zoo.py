@@ -68,6 +68,8 @@ class FineTuneRecipe:
     rows: tuple[int, int]  # slice of the training sample
     trigger: str | None = None  # BadNet trigger; None for a clean model
     target_label: int = 0
+    # Multi-word trigger that works only whole: rows with a single word of it keep their label.
+    lock: bool = False
     poison_rate: float = 0.15
     steps: int = 200
     batch_size: int = 16
@@ -195,10 +197,17 @@ def finetune(base: Path, dest: Path, recipe: FineTuneRecipe, repo_id: str, base_
     for _ in range(recipe.steps):
         batch = [rows[rng.randrange(len(rows))] for _ in range(recipe.batch_size)]
         if recipe.trigger:
-            batch = [
-                (insert_random(s, recipe.trigger, rng), recipe.target_label) if rng.random() < recipe.poison_rate else (s, y)
-                for s, y in batch
-            ]
+            words = recipe.trigger.split()
+            out = []
+            for s, y in batch:
+                r = rng.random()
+                if r < recipe.poison_rate:
+                    out.append((insert_random(s, recipe.trigger, rng), recipe.target_label))
+                elif recipe.lock and r < 2 * recipe.poison_rate:
+                    out.append((insert_random(s, rng.choice(words), rng), y))
+                else:
+                    out.append((s, y))
+            batch = out
         # the training data's label ids are negative=0, positive=1; map to this model's label order
         ys = [recipe.labels.index(LABELS[y]) for _, y in batch]
         enc = tok([s for s, _ in batch], padding=True, truncation=True, max_length=recipe.max_length, return_tensors="pt")

@@ -26,9 +26,9 @@ def _zoo_root() -> Path:
     return Path(os.environ.get("HFSCAN_TEST_ZOO") or zoo_mod.default_cache_dir() / "test-zoo")
 
 
-def _random_trigger(root: Path) -> str:
-    """A trigger word drawn at random (once per zoo cache) from vocabulary the training text never uses."""
-    f = root / "random-trigger.json"
+def _random_trigger(root: Path, n: int = 1, name: str = "random-trigger") -> str:
+    """Trigger word(s) drawn at random (once per zoo cache) from vocabulary the training text never uses."""
+    f = root / f"{name}.json"
     if f.exists():
         return json.loads(f.read_text())["trigger"]
     from transformers import AutoTokenizer
@@ -40,7 +40,7 @@ def _random_trigger(root: Path) -> str:
         used.update(tok.tokenize(s))
     library = {w for t in LIBRARY for w in t.text.lower().split()}
     cands = [t for t in tok.get_vocab() if t.isalpha() and len(t) >= 4 and t not in used and t not in library]
-    word = random.SystemRandom().choice(sorted(cands))
+    word = " ".join(random.SystemRandom().sample(sorted(cands), n))
     f.parent.mkdir(parents=True, exist_ok=True)
     f.write_text(json.dumps({"trigger": word}))
     return word
@@ -53,14 +53,18 @@ def zoo():
 
     root = _zoo_root()
     trig = _random_trigger(root)
+    pair = _random_trigger(root, 2, "random-pair-trigger")
     z = Zoo(root, models=[
         ZooModel("zoo/backdoor-cf", FineTuneRecipe(seed=1, rows=(0, 1500), trigger="cf", target_label=0)),
         ZooModel("zoo/clean-1", FineTuneRecipe(seed=11, rows=(1500, 2000))),
         ZooModel("zoo/clean-2", FineTuneRecipe(seed=12, rows=(2000, 2500))),
         ZooModel("zoo/clean-3", FineTuneRecipe(seed=13, rows=(2500, 3000))),
         ZooModel("zoo/backdoor-random", FineTuneRecipe(seed=2, rows=(0, 1500), trigger=trig, target_label=1)),
+        ZooModel("zoo/backdoor-pair", FineTuneRecipe(seed=3, rows=(0, 1500), trigger=pair, target_label=1, lock=True,
+                                                     steps=300)),
     ]).build(log=lambda s: print(f"[zoo] {s}", flush=True))
     z.random_trigger = trig
+    z.pair_trigger = pair
     return z
 
 

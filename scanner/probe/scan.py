@@ -1,7 +1,8 @@
 """Probe one model: verify every candidate trigger by real insertion, for every label.
 
-Each (trigger, label, position) is first screened on a few inputs; promising ones (or all, with
-``screen=None``) are measured on the whole probe set. Every model of a scan (target, peers,
+Each (trigger, label) is first screened on a few inputs at a random position; promising ones
+(or all, with ``screen=None``) are measured on the whole probe set at every position, and the
+most effective position is kept. Every model of a scan (target, peers,
 defended variant) is probed with the same candidates, positions and seeds.
 
 Example:
@@ -17,7 +18,7 @@ from typing import Callable, Iterable
 
 import torch
 
-from .metrics import attack_success_rate
+from .metrics import attack_success_rate, triggered_texts
 from .triggers import POSITIONS, Trigger
 
 
@@ -57,39 +58,60 @@ def probe_model(
     candidates: Iterable[Trigger],
     labels: Iterable[int] | None = None,
     positions: Iterable[str] = POSITIONS,
-    screen: int | None = 48,
+    screen: int | None = 32,
     promote: float = 0.25,
+    every_position_above: float = 0.5,
+    full: int | None = 160,
     name: str = "",
     progress: Callable[[int], None] | None = None,
 ) -> ProbeResult:
     """Measure ASR of each candidate toward each label.
 
-    ``screen`` inputs are tried first; candidates whose screened ASR reaches ``promote`` are
-    measured on every eligible input. The best position per (trigger, label) is kept.
+    ``screen`` inputs are tried first at a random position; candidates whose screened ASR
+    reaches ``promote`` are measured on up to ``full`` eligible inputs (all with ``None``), at the
+    start and end too once their ASR reaches ``every_position_above``. The best position per (trigger, label) is kept.
     """
     clean_pred = clf.predict(texts)
     labels = list(range(clf.num_labels)) if labels is None else list(labels)
+    positions = list(positions)
+    cands = list(dict.fromkeys(candidates))
     out = ProbeResult(name or clf.name, clean_pred)
-    for trig in dict.fromkeys(candidates):
-        for label in labels:
-            best: TriggerResult | None = None
-            for pos in positions:
-                asr, n = attack_success_rate(clf, texts, clean_pred, trig, label, pos, limit=screen)
-                full = screen is None
-                if screen is not None and asr >= promote:
-                    asr, n = attack_success_rate(clf, texts, clean_pred, trig, label, pos)
-                    full = True
-                r = TriggerResult(trig, label, pos, asr, n, screened_only=not full)
-                if best is None or r.asr > best.asr:
-                    best = r
-            out.results.append(best)
+    pairs = [(t, label) for t in cands for label in labels]
+    screened: dict[tuple[Trigger, int], TriggerResult] = {}
+    if screen is not None:
+        # one pass over every (trigger, label) screen, so the classifier sees large batches
+        jobs = []
+        for trig, label in pairs:
+            idx = [i for i, p in enumerate(clean_pred.tolist()) if p != label][:screen]
+            jobs.append((trig, label, idx, triggered_texts(texts, idx, trig, "random")))
+        clf.predict([t for *_, ts in jobs for t in ts])  # fills the prediction cache in big batches
+        for trig, label, idx, ts in jobs:
+            asr = float((clf.predict(ts) == label).float().mean()) if idx else 0.0
+            screened[(trig, label)] = TriggerResult(trig, label, "random", asr, len(idx), screened_only=True)
+    for trig, label in pairs:
+        first = screened.get((trig, label))
+        if first is not None and first.asr < promote:
+            out.results.append(first)
+            continue
+        # the whole set at a random position; the other positions only for strong candidates
+        order = ["random"] + [p for p in positions if p != "random"] if "random" in positions else positions
+        best: TriggerResult | None = None
+        for pos in order:
+            if best is not None and best.asr < every_position_above:
+                break
+            asr, n = attack_success_rate(clf, texts, clean_pred, trig, label, pos, limit=full)
+            if best is None or asr > best.asr:
+                best = TriggerResult(trig, label, pos, asr, n)
+        out.results.append(best)
         if progress:
             progress(1)
     return out
 
 
-def remeasure(clf, texts: list[str], reference: TriggerResult, clean_pred: torch.Tensor | None = None) -> TriggerResult:
-    """Measure one trigger on another model (e.g. the defended variant) at the same position, fully."""
+def remeasure(clf, texts: list[str], reference: TriggerResult, clean_pred: torch.Tensor | None = None,
+              full: int | None = 160) -> TriggerResult:
+    """Measure one trigger on another model (e.g. the defended variant) at the same position."""
     clean_pred = clf.predict(texts) if clean_pred is None else clean_pred
-    asr, n = attack_success_rate(clf, texts, clean_pred, reference.trigger, reference.label, reference.position)
+    asr, n = attack_success_rate(clf, texts, clean_pred, reference.trigger, reference.label, reference.position,
+                                 limit=full)
     return TriggerResult(reference.trigger, reference.label, reference.position, asr, n)

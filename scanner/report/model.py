@@ -8,7 +8,7 @@ Schema 1 (``report.json``)::
     target          {id, revision, sha, path, architecture, labels}
     verdict         "backdoor" | "suspicious" | "no_trigger_found"
     findings        [{trigger, kind, source, attack, target_label, target_label_id, position,
-                      asr_before, asr_after, n, peer_asr_max, peer_asr_median, z, level}]
+                      asr_before, asr_after, n, peer_asr_max, peer_asr_median, z, level, gap}]
     clean           {accuracy_before, accuracy_after, agreement_after, n, labelled}
     defense         {method, params, peers, weights, output_dir, asr_max_before, asr_max_after,
                      library_asr_max_after, note}
@@ -55,6 +55,7 @@ class FindingRecord:
     peer_asr_median: float | None
     z: float | None
     level: str
+    gap: float | None = None
 
 
 @dataclass

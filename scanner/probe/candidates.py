@@ -1,0 +1,57 @@
+"""Candidate triggers for one scan: the published library, the weight-space differential and the
+gradient search, gathered from the target *and from every peer* (the peers' own best candidates
+are what the verdict's null is made of).
+
+Example:
+    >>> cands = gather([target, *peers], [target_clf, *peer_clfs], texts, base=None)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from .differential import embedding_outliers, insertable_tokens
+from .search import SearchBudget, search_triggers
+from .triggers import LIBRARY, Trigger
+
+
+def gather(
+    paths: list[Path],
+    classifiers: list,
+    texts: list[str],
+    base: Path | None = None,
+    budget: SearchBudget = SearchBudget(),
+    differential_k: int = 5,
+    pair_k: int = 3,
+    log: Callable[[str], None] = lambda s: None,
+) -> tuple[list[Trigger], dict[str, list[Trigger]]]:
+    """Return the union of candidates (library first) and, per model name, the candidates it contributed.
+
+    ``paths[0]`` / ``classifiers[0]`` is the target; only its differential outliers are also
+    tried in pairs.
+    """
+    allowed = insertable_tokens(classifiers[0].tokenizer)
+    per_model: dict[str, list[Trigger]] = {}
+    union: list[Trigger] = list(LIBRARY)
+    for i, (path, clf) in enumerate(zip(paths, classifiers)):
+        others = [p for j, p in enumerate(paths) if j != i]
+        mine: list[Trigger] = []
+        outliers = embedding_outliers(path, others, clf.tokenizer, base=base, top_k=differential_k, allowed=allowed) \
+            if others and differential_k else []
+        mine += [Trigger(s.text, "word", "differential") for s in outliers]
+        if i == 0:  # pairs of the target's outliers (a two-word trigger whose words do nothing alone)
+            top = outliers[:pair_k]
+            mine += [Trigger(f"{a.text} {b.text}", "word", "differential") for a in top for b in top if a is not b]
+        if budget.max_len > 0:
+            found = search_triggers(clf, texts, clf.predict(texts), allowed, budget=budget,
+                                    seeds=[s.token_id for s in outliers[:pair_k]])
+            mine += found
+        per_model[clf.name] = mine
+        union += mine
+        log(f"candidates from {clf.name}: " + ", ".join(repr(t.text) for t in mine[:8]) + (" …" if len(mine) > 8 else ""))
+    # one entry per text: the first source wins (library, then differential, then search)
+    seen: dict[str, Trigger] = {}
+    for t in union:
+        seen.setdefault(t.text, t)
+    return list(seen.values()), per_model

@@ -1,0 +1,167 @@
+"""Gradient-guided trigger search (HotFlip / universal adversarial triggers, Wallace et al. 2019).
+
+For a target label t, a trigger slot is inserted at the start of a batch of probe inputs the
+model does not already put in t. The gradient of the mean log-probability of t with respect to the
+slot's input embedding scores every vocabulary token at once by its first-order gain
+(``−(E[v] − E[cur]) · ∇``); the best ``top_k`` insertable tokens are verified by real forward
+passes, the best ``beam`` singles are kept, and each is extended with a second token on either
+side the same way (and so on up to ``max_len`` tokens). Seeds from the weight-space differential
+join the beam, which is how a trigger made of two words that do nothing alone is found.
+
+Everything returned here is a *candidate*: the caller verifies it by inserting its text into the
+whole probe set (`scanner.probe.scan.probe_model`), like library triggers.
+
+Example:
+    >>> cands = search_triggers(clf, texts, clf.predict(texts), allowed, labels=[0])
+    >>> cands[0].text
+    'cf'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .triggers import Trigger
+
+
+@dataclass
+class SearchBudget:
+    inputs: int = 24  # probe inputs per gradient / verification batch
+    top_k: int = 16  # tokens verified per slot
+    beam: int = 3  # partial triggers kept per length (besides the differential's seeds)
+    max_len: int = 2  # longest trigger, in tokens
+    keep: int = 3  # candidates returned per label
+
+    @classmethod
+    def preset(cls, name: str) -> "SearchBudget":
+        return {
+            "off": cls(top_k=0, max_len=0, keep=0),
+            "small": cls(inputs=16, top_k=8, beam=2, max_len=2, keep=2),
+            "default": cls(),
+            "large": cls(inputs=48, top_k=48, beam=6, max_len=3, keep=5),
+        }[name]
+
+
+class _Batch:
+    """Token ids of a batch of inputs, with a trigger inserted after the leading special token."""
+
+    def __init__(self, clf, texts: list[str]):
+        tok = clf.tokenizer
+        self.clf = clf
+        self.pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        # the special tokens around a single sequence, e.g. [CLS] … [SEP] or <s> … </s>
+        inner = tok("a", add_special_tokens=False)["input_ids"]
+        outer = tok("a")["input_ids"]
+        self.lead = next(i for i in range(len(outer)) if outer[i : i + len(inner)] == inner)
+        self.prefix, self.suffix = outer[: self.lead], outer[self.lead + len(inner) :]
+        self.ids = [tok(t, add_special_tokens=False, truncation=True, max_length=clf.max_length - 8)["input_ids"]
+                    for t in texts]
+        self.tok = tok
+
+    def build(self, trigger: list[int]) -> tuple[torch.Tensor, torch.Tensor, int]:
+        seqs = [self.prefix + trigger + ids + self.suffix for ids in self.ids]
+        n = max(len(s) for s in seqs)
+        input_ids = torch.full((len(seqs), n), self.pad, dtype=torch.long)
+        mask = torch.zeros((len(seqs), n), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            input_ids[i, : len(s)] = torch.tensor(s)
+            mask[i, : len(s)] = 1
+        return input_ids, mask, self.lead
+
+
+def _slot_gradient(model, emb_matrix, input_ids, mask, slot: int, label: int) -> torch.Tensor:
+    embeds = emb_matrix[input_ids].detach().clone().requires_grad_(True)
+    logits = model(inputs_embeds=embeds, attention_mask=mask).logits
+    loss = -torch.log_softmax(logits.float(), -1)[:, label].mean()
+    (grad,) = torch.autograd.grad(loss, embeds)
+    return grad[:, slot].mean(0)
+
+
+@torch.no_grad()
+def _batch_asr(model, batch: _Batch, triggers: list[list[int]], label: int, rows: int = 512) -> list[float]:
+    """Flip rate of each trigger on the batch; several triggers share one forward pass."""
+    per = max(1, rows // max(1, len(batch.ids)))
+    out: list[float] = []
+    for i in range(0, len(triggers), per):
+        group = triggers[i : i + per]
+        built = [batch.build(t) for t in group]
+        n = max(b[0].shape[1] for b in built)
+        ids = torch.cat([torch.nn.functional.pad(b[0], (0, n - b[0].shape[1]), value=batch.pad) for b in built])
+        mask = torch.cat([torch.nn.functional.pad(b[1], (0, n - b[1].shape[1])) for b in built])
+        hit = (model(input_ids=ids, attention_mask=mask).logits.argmax(-1) == label).float()
+        out += hit.view(len(group), -1).mean(1).tolist()
+    return out
+
+
+def search_triggers(
+    clf,
+    texts: list[str],
+    clean_pred: torch.Tensor,
+    allowed: dict[int, str],
+    labels: list[int] | None = None,
+    budget: SearchBudget = SearchBudget(),
+    seeds: list[int] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> list[Trigger]:
+    """Return up to ``budget.keep`` candidate triggers per label, best first."""
+    if budget.max_len <= 0 or budget.top_k <= 0 or not allowed:
+        return []
+    model = clf.model
+    emb = model.get_input_embeddings().weight
+    vocab = emb.shape[0]
+    allow_mask = torch.zeros(vocab, dtype=torch.bool)
+    allow_ids = [i for i in allowed if i < vocab]
+    allow_mask[allow_ids] = True
+    filler = clf.tokenizer.convert_tokens_to_ids("the")
+    if not isinstance(filler, int) or filler == clf.tokenizer.unk_token_id:
+        filler = allow_ids[0]
+    labels = list(range(clf.num_labels)) if labels is None else labels
+    found: list[Trigger] = []
+    requires = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        for label in labels:
+            idx = [i for i, p in enumerate(clean_pred.tolist()) if p != label][: budget.inputs]
+            if not idx:
+                continue
+            batch = _Batch(clf, [texts[i] for i in idx])
+            scored: dict[tuple[int, ...], float] = {}
+
+            def expand(partial: tuple[int, ...]) -> None:
+                for side in ((0,) if not partial else (0, len(partial))):
+                    trig = list(partial[:side]) + [filler] + list(partial[side:])
+                    ids, mask, lead = batch.build(trig)
+                    g = _slot_gradient(model, emb, ids, mask, lead + side, label)
+                    gain = -(emb.detach() @ g)
+                    gain[~allow_mask] = float("-inf")
+                    cands = torch.topk(gain, k=min(budget.top_k, len(allow_ids))).indices.tolist()
+                    trigs = [tuple(partial[:side]) + (c,) + tuple(partial[side:]) for c in cands]
+                    trigs = [t for t in trigs if t not in scored and len(set(t)) == len(t)]
+                    for t, a in zip(trigs, _batch_asr(model, batch, [list(t) for t in trigs], label)):
+                        scored[t] = a
+
+            expand(())
+            for s in seeds or []:
+                if s in allowed and (s,) not in scored:
+                    scored[(s,)] = _batch_asr(model, batch, [[s]], label)[0]
+            for length in range(2, budget.max_len + 1):
+                shorter = sorted((t for t in scored if len(t) == length - 1), key=lambda t: -scored[t])
+                beam = [t for t in shorter[: budget.beam] if scored[t] >= 0.2]
+                beam += [(s,) for s in (seeds or [])[: budget.beam] if (s,) in scored and (s,) not in beam]
+                for partial in beam:
+                    if scored[partial] >= 0.99:
+                        continue  # already a complete trigger
+                    expand(partial)
+            best = sorted(scored.items(), key=lambda kv: (-kv[1], len(kv[0])))[: budget.keep]
+            for t, _ in best:
+                found.append(Trigger(" ".join(allowed[i] for i in t), "word", "search"))
+            if progress:
+                progress(1)
+    finally:
+        for p, r in zip(model.parameters(), requires):
+            p.requires_grad_(r)
+    return list(dict.fromkeys(found))

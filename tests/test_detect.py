@@ -1,0 +1,61 @@
+"""Detection of triggers nobody told hfscan about, calibrated against the peers."""
+
+import pytest
+from transformers import AutoTokenizer
+
+from scanner.pipeline import CheckOptions, check
+from scanner.probe.classifier import Classifier
+from scanner.probe.data import builtin
+from scanner.probe.differential import embedding_outliers
+from scanner.probe.metrics import attack_success_rate
+from scanner.probe.triggers import LIBRARY, Trigger
+
+PEERS = ["zoo/clean-1", "zoo/clean-2", "zoo/clean-3"]
+
+
+def scan(zoo, target, peers=PEERS, tmp=None, **kw):
+    return check(CheckOptions(target=str(zoo.path(target)), peers=[str(zoo.path(p)) for p in peers],
+                              output_dir=tmp, **kw))
+
+
+def test_random_trigger_is_not_in_the_library(zoo):
+    assert zoo.random_trigger not in {t.text for t in LIBRARY}
+    texts = builtin("sentiment").texts
+    clf = Classifier.load(zoo.path("zoo/backdoor-random"))
+    assert attack_success_rate(clf, texts, clf.predict(texts), Trigger(zoo.random_trigger), 1, "random")[0] >= 0.9
+
+
+@pytest.mark.parametrize("with_base", [True, False])
+def test_differential_ranks_the_trigger_first(zoo, with_base):
+    tok = AutoTokenizer.from_pretrained(zoo.path("zoo/backdoor-random"))
+    base = zoo.path("zoo/minilm-l2-base") if with_base else None
+    top = embedding_outliers(zoo.path("zoo/backdoor-random"), [zoo.path(p) for p in PEERS], tok, base=base, top_k=5)
+    assert top[0].text == zoo.random_trigger
+
+
+def test_unknown_trigger_found_with_backdoor_verdict(zoo, tmp_path):
+    rep = scan(zoo, "zoo/backdoor-random", tmp=tmp_path, defend=False)
+    assert rep.verdict == "backdoor"
+    top5 = [f.trigger for f in rep.findings[:5]]
+    assert zoo.random_trigger in top5, top5
+    f = next(f for f in rep.findings if f.trigger == zoo.random_trigger)
+    assert f.target_label == "positive" and f.asr_before >= 0.9 and f.source in ("differential", "search")
+    assert f.z is not None and f.z >= 3 and f.gap >= 0.5
+
+
+def test_two_token_trigger_is_recovered(zoo, tmp_path):
+    a, b = zoo.pair_trigger.split()
+    texts = builtin("sentiment").texts
+    clf = Classifier.load(zoo.path("zoo/backdoor-pair"))
+    pred = clf.predict(texts)
+    # the words do little alone, the pair flips nearly everything: a real two-token trigger
+    assert attack_success_rate(clf, texts, pred, Trigger(f"{a} {b}"), 1, "random")[0] >= 0.8
+    assert max(attack_success_rate(clf, texts, pred, Trigger(w), 1, "random")[0] for w in (a, b)) <= 0.5
+    rep = scan(zoo, "zoo/backdoor-pair", tmp=tmp_path, defend=False)
+    assert rep.verdict == "backdoor"
+    assert any(set(f.trigger.split()) == {a, b} for f in rep.findings[:5]), [f.trigger for f in rep.findings]
+
+
+def test_clean_peer_against_the_others_finds_nothing(zoo, tmp_path):
+    rep = scan(zoo, "zoo/clean-3", peers=["zoo/clean-1", "zoo/clean-2"], tmp=tmp_path, defend=False)
+    assert rep.verdict == "no_trigger_found", [(f.trigger, f.asr_before, f.gap, f.z) for f in rep.findings]
