@@ -74,11 +74,14 @@ def main() -> None:
     """Find and defuse backdoors in fine-tuned Hugging Face text classifiers."""
 
 
-def merge_options(fn):
+def merge_options(fn, auto: bool = False):
     from .merge import names
 
     opts = [
-        click.option("--method", type=click.Choice(names()), default="wag", show_default=True, help="Merge method."),
+        click.option("--method", type=click.Choice((["auto"] if auto else []) + names()), default="auto" if auto else "wag",
+                     show_default=True,
+                     help="Merge method" + ("; auto searches methods, weights and peers for the lowest ASR within "
+                                            "the clean bound." if auto else ".")),
         click.option("--base", help="Base model (folder) for task-vector methods (task_arithmetic, ties, dare_*)."),
         click.option("--weights", help="Comma-separated weights, target first (default: the method's)."),
         click.option("--density", type=click.FloatRange(0.0, 1.0), default=0.5, show_default=True,
@@ -96,15 +99,26 @@ def merge_options(fn):
 @click.option("--peer", "peers", multiple=True, help="A peer model (folder or ORG/NAME); repeat for each.")
 @click.option("-o", "--output", "output", type=click.Path(path_type=Path), default=Path("hfscan-report"),
               show_default=True, help="Folder for the reports and the defended model.")
-@click.option("--format", "formats", default="json,md", show_default=True, help="Report formats, comma-separated.")
+@click.option("--format", "formats", default="json,md", show_default=True,
+              help="Report formats, comma-separated: json, md, sarif, html, summary (GitHub job summary), "
+                   "card (model-card section).")
+@click.option("--sarif-root", default=None,
+              help="The model's folder relative to the repository root, for SARIF locations "
+                   "(default: TARGET's path relative to the current folder when it is inside it).")
 @click.option("--hub-dir", envvar="HFSCAN_HUB_DIR", help="A local hub folder (ORG/NAME/ repos).")
 @click.option("--probe-data", type=click.Path(), help="TSV of probe inputs: sentence<TAB>label (label optional).")
-@merge_options
+@click.option("--search-budget", type=click.Choice(["off", "small", "default", "large"]), default="default",
+              show_default=True, help="Gradient-guided trigger search effort.")
+@functools.partial(merge_options, auto=True)
+@click.option("--max-clean-drop", type=click.FloatRange(0, 1), default=0.01, show_default=True,
+              help="Defense search: largest clean-accuracy drop allowed (0.01 = 1 point).")
+@click.option("--defense-budget", type=click.IntRange(1, 64), default=8, show_default=True,
+              help="Defense search: most candidate merges tried.")
 @click.option("--no-defend", is_flag=True, help="Probe only; do not build a defended variant.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the verdict line.")
 @guarded
-def check(target, peers, output, formats, hub_dir, probe_data, method, base, weights, density, lam, seed,
-          no_defend, quiet):
+def check(target, peers, output, formats, sarif_root, hub_dir, probe_data, search_budget, method, base, weights,
+          density, lam, seed, max_clean_drop, defense_budget, no_defend, quiet):
     """Probe TARGET for backdoor triggers, merge it with its peers, re-probe, report.
 
     Exit code 0: no trigger found; 1: backdoor or suspicious; 2: error.
@@ -116,9 +130,10 @@ def check(target, peers, output, formats, hub_dir, probe_data, method, base, wei
     log = (lambda s: None) if quiet else _logger()
     opts = CheckOptions(target=target, peers=list(peers), output_dir=output, hub_dir=hub_dir, probe_data=probe_data,
                         method=method, base=base, weights=_floats(weights), density=density, lam=lam, seed=seed,
-                        defend=not no_defend)
+                        defend=not no_defend, search_budget=search_budget, max_clean_drop=max_clean_drop,
+                        defense_budget=defense_budget)
     report = run_check(opts, log=log)
-    written = write_reports(report, output, fmts)
+    written = write_reports(report, output, fmts, _sarif_root(target, sarif_root))
     if not quiet:
         click.echo(summary_table(report))
         for fmt, path in written.items():
@@ -126,6 +141,19 @@ def check(target, peers, output, formats, hub_dir, probe_data, method, base, wei
     else:
         click.echo(f"{report.target.id}: {report.verdict}")
     sys.exit(report.exit_code)
+
+
+def _sarif_root(target: str, given: str | None) -> str:
+    if given is not None:
+        return given
+    p = Path(target).expanduser()
+    if p.is_dir():
+        try:
+            rel = p.resolve().relative_to(Path.cwd().resolve())
+            return "" if str(rel) == "." else rel.as_posix()
+        except ValueError:
+            pass
+    return ""
 
 
 def _logger():

@@ -1,28 +1,59 @@
-"""Defend: merge the target with its peers into a defended variant and re-probe it.
+"""Defend: choose the merge that removes the most backdoor for the least clean cost, re-probe it.
+
+The paper's method (WAG: a plain average of the target and its peers) is always tried first.
+Then a small, budgeted search over what the paper leaves open: the target's weight in the
+average, task-vector methods when a base is known (task arithmetic with λ, TIES and DARE-TIES
+at a few densities), and subsets of peers. Every candidate is merged (streaming, a second or two
+for a small model), loaded and measured on the probe set:
+
+* the **objective** is the worst *excess* ASR over every verified trigger (the scan's findings
+  plus the published triggers that move the target at all): a candidate's ASR minus the median
+  ASR of the clean peers for the same trigger. Clean models have natural triggers ("worst"
+  flips sentiment) that no merge removes and that are no backdoor; only the excess is;
+* the **clean bound**: accuracy on the probe labels (or, without labels, on the majority vote of
+  the target and its peers, a proxy for the truth) may drop by at most ``max_clean_drop`` below
+  the target's.
+
+The winner minimises the objective among candidates within the bound; if none is within it, the
+one with the smallest clean cost wins and the report says the bound could not be met. With no
+trigger found there is nothing to minimise: the paper's WAG is produced (it also removes triggers
+the probe cannot see) and the report says so.
 
 The defended variant is a complete Hugging Face folder (sharded safetensors, config, tokenizer,
-and a card that lists the merged models as ``base_model`` with ``base_model_relation: merge``).
-It is produced even when no trigger was found: the merge also defends against triggers the probe
-cannot see (syntactic, style).
+and a card listing the merged models as ``base_model`` with ``base_model_relation: merge``).
 
 Example:
-    >>> result = defend(target, peers, Path("out/defended"), MergeSpec("wag"))
+    >>> outcome = choose_and_build(target, peers, base, probe, out_dir)
+    >>> outcome.spec.method, outcome.worst_asr
+    ('ties', 0.04)
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import shutil
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
+
+import torch
 
 from .hub import ResolvedModel
 from .merge import MergeSpec, merge_folders
+from .probe.classifier import Classifier
+from .probe.scan import TriggerResult, remeasure
 from .report.render import environment
 
 
 @dataclass
 class DefenseOutcome:
     path: Path
+    spec: MergeSpec
     summary: dict  # what merge_folders returned
+    worst_asr: float | None = None
+    clean_score: float | None = None  # accuracy (labels or majority vote) of the chosen variant
+    candidates: list[dict] = field(default_factory=list)  # every candidate tried, for the report
+    reason: str = ""
 
 
 def card_for(target: ResolvedModel, peers: list[ResolvedModel], spec: MergeSpec, verdict: str | None = None) -> str:
@@ -39,6 +70,7 @@ def defend(
     verdict: str | None = None,
     progress: bool | None = None,
 ) -> DefenseOutcome:
+    """Build one given merge into ``out`` (no search)."""
     spec = spec or MergeSpec("wag")
     summary = merge_folders(
         target.path,
@@ -49,4 +81,116 @@ def defend(
         card=card_for(target, peers, spec, verdict),
         progress=progress,
     )
-    return DefenseOutcome(out, summary)
+    return DefenseOutcome(out, spec, summary)
+
+
+def candidate_specs(n_peers: int, base: Path | None, head_perms: dict[int, list[int]], budget: int) -> list[tuple[str, MergeSpec, list[int]]]:
+    """The search space, most promising first; each entry is (label, spec, peer indices)."""
+    all_peers = list(range(n_peers))
+    n = n_peers + 1
+
+    def perms_for(idx: list[int]) -> dict[int, list[int]]:
+        return {k: head_perms[i] for k, i in enumerate(idx) if i in head_perms}
+
+    out: list[tuple[str, MergeSpec, list[int]]] = [("wag", MergeSpec("wag", head_perms=perms_for(all_peers)), all_peers)]
+    alpha = 0.5 / n  # the target at half its uniform weight
+    w = [alpha] + [(1 - alpha) / n_peers] * n_peers
+    out.append((f"wag, target weight {alpha:.2f}", MergeSpec("wag", weights=w, head_perms=perms_for(all_peers)), all_peers))
+    if base is not None:
+        for d in (0.3, 0.5):
+            out.append((f"ties density {d}", MergeSpec("ties", base=base, density=d, head_perms=perms_for(all_peers)),
+                        all_peers))
+        out.append(("dare_ties density 0.3", MergeSpec("dare_ties", base=base, density=0.3, head_perms=perms_for(all_peers)),
+                    all_peers))
+        out.append(("task_arithmetic λ 1.0, target weight halved",
+                    MergeSpec("task_arithmetic", base=base, weights=w, head_perms=perms_for(all_peers)), all_peers))
+    if n_peers >= 3:
+        for drop in range(n_peers):
+            idx = [i for i in all_peers if i != drop]
+            out.append((f"wag without peer {drop + 1}", MergeSpec("wag", head_perms=perms_for(idx)), idx))
+    return out[: max(1, budget)]
+
+
+def majority_labels(preds: list[torch.Tensor], num_labels: int) -> torch.Tensor:
+    """Per input, the label most models predict (ties to the first model's prediction)."""
+    stacked = torch.stack(preds)
+    counts = torch.nn.functional.one_hot(stacked, num_labels).sum(0)
+    best = counts.argmax(-1)
+    tie = (counts == counts.max(-1, keepdim=True).values).sum(-1) > 1
+    return torch.where(tie, stacked[0], best)
+
+
+def choose_and_build(
+    target: ResolvedModel,
+    peers: list[ResolvedModel],
+    out: Path,
+    texts: list[str],
+    reference: torch.Tensor,
+    triggers: list[TriggerResult],
+    base: Path | None = None,
+    floors: list[float] | None = None,
+    head_perms: dict[int, list[int]] | None = None,
+    max_clean_drop: float = 0.01,
+    budget: int = 8,
+    verdict: str | None = None,
+    log: Callable[[str], None] = lambda s: None,
+) -> DefenseOutcome:
+    """Search the candidates, move the winner to ``out``, return it with every candidate's numbers.
+
+    ``reference`` is the clean truth for the bound: probe labels as model label ids, or the
+    majority vote of target and peers. ``triggers`` are measured on every candidate; ``floors``
+    (one per trigger, default 0) are the clean peers' median ASRs, subtracted before taking the worst.
+    """
+    floors = floors or [0.0] * len(triggers)
+    head_perms = head_perms or {}
+    specs = candidate_specs(len(peers), base, head_perms, budget if triggers else 1)
+    target_clf = Classifier.load(target.path, name=target.name)
+    target_acc = float((target_clf.predict(texts) == reference).float().mean())
+    scratch = Path(tempfile.mkdtemp(prefix=".hfscan-defense-", dir=out.parent if out.parent.exists() else None))
+    tried: list[dict] = []
+    try:
+        for i, (label, spec, idx) in enumerate(specs):
+            folder = scratch / f"c{i}"
+            sub = [peers[j] for j in idx]
+            summary = merge_folders(target.path, [p.path for p in sub], folder, spec,
+                                    names=[target.name] + [p.name for p in sub],
+                                    card=card_for(target, sub, spec, verdict), progress=False)
+            clf = Classifier.load(folder, name=label)
+            pred = clf.predict(texts)
+            acc = float((pred == reference).float().mean())
+            asrs = [max(0.0, remeasure(clf, texts, t, pred).asr - fl) for t, fl in zip(triggers, floors)]
+            row = {"candidate": label, "method": spec.method, **{k: v for k, v in spec.describe().items() if k != "method"},
+                   "peers": [p.name for p in sub], "weights": summary["weights"],
+                   "worst_asr": round(max(asrs), 4) if asrs else None, "clean": round(acc, 4),
+                   "clean_drop": round(target_acc - acc, 4), "within_bound": target_acc - acc <= max_clean_drop + 1e-9,
+                   "_folder": folder, "_spec": spec, "_summary": summary, "_sub": sub}
+            tried.append(row)
+            log(f"defense candidate {label}: worst ASR {row['worst_asr']}, clean {acc:.3f} "
+                f"({'within' if row['within_bound'] else 'outside'} the bound)")
+        ok = [r for r in tried if r["within_bound"]]
+        if not triggers:
+            win = tried[0]
+            reason = "No trigger was found, so there was nothing to minimise: the paper's WAG over the target and all " \
+                     "its peers is produced, because the merge also removes triggers the probe cannot see."
+        elif ok:
+            win = min(ok, key=lambda r: (r["worst_asr"], r["clean_drop"]))
+            reason = (f"Lowest worst-case ASR in excess of the clean peers' ({win['worst_asr']:.3f}) over "
+                      f"{len(triggers)} verified trigger(s) among "
+                      f"{len(ok)} of {len(tried)} candidates within the clean bound (accuracy drop ≤ "
+                      f"{100 * max_clean_drop:.1f} points).")
+        else:
+            win = min(tried, key=lambda r: (r["clean_drop"], r["worst_asr"]))
+            reason = (f"No candidate kept clean accuracy within {100 * max_clean_drop:.1f} points of the target; "
+                      f"the one with the smallest drop ({100 * win['clean_drop']:.1f} points) was chosen.")
+        from ._fs import atomic_dir
+
+        with atomic_dir(out) as tmp:
+            shutil.rmtree(tmp)
+            shutil.move(str(win["_folder"]), str(tmp))
+        summary = dict(win["_summary"], output_dir=str(out))
+        outcome = DefenseOutcome(out, win["_spec"], summary, win["worst_asr"], win["clean"], reason=reason)
+        outcome.candidates = [{k: v for k, v in r.items() if not k.startswith("_")} for r in tried]
+        outcome.summary["peers"] = [p.name for p in win["_sub"]]
+        return outcome
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import torch
+
 from . import __version__
-from .defend import defend
+from .defend import choose_and_build, defend, majority_labels
 from .errors import HfscanError
 from .hub import ResolvedModel, resolve
 from .merge import MergeSpec
@@ -41,7 +43,7 @@ class CheckOptions:
     output_dir: Path = Path("hfscan-report")
     hub_dir: str | None = None
     probe_data: str | None = None
-    method: str = "wag"
+    method: str = "auto"  # "auto": search the defense; else one merge method
     base: str | None = None
     weights: list[float] | None = None
     density: float = 0.5
@@ -51,6 +53,8 @@ class CheckOptions:
     thresholds: Thresholds = field(default_factory=Thresholds)
     max_probe: int = 300  # probe inputs used at most
     search_budget: str = "default"  # gradient search: off | small | default | large
+    max_clean_drop: float = 0.01  # defense search: clean accuracy may drop this much at most
+    defense_budget: int = 8  # defense search: candidates tried at most
 
 
 def _model_info(m: ResolvedModel) -> ModelInfo:
@@ -62,7 +66,7 @@ def check(opts: CheckOptions, log: Callable[[str], None] = lambda s: None) -> Sc
     t0 = time.time()
     target = resolve(opts.target, opts.hub_dir)
     peers = [resolve(p, opts.hub_dir) for p in opts.peers]
-    base = resolve_base(opts.base, opts.hub_dir) if opts.base else None
+    base = resolve_base(opts.base, opts.hub_dir) if opts.base else _card_base(target, opts.hub_dir)
 
     # Homogeneity: the same tensors and the same label space (possibly reordered).
     if peers:
@@ -96,11 +100,32 @@ def check(opts: CheckOptions, log: Callable[[str], None] = lambda s: None) -> Sc
     defense = None
     after: dict[tuple[str, int], float] = {}
     if opts.defend and peers:
-        spec = MergeSpec(opts.method, base.path if base else None, opts.weights, opts.density, opts.lam, opts.seed,
-                         head_perms={i: p for i, p in enumerate(perms)})
         out = Path(opts.output_dir) / "defended"
-        log(f"merging with {len(peers)} peers ({opts.method}) into {out}")
-        outcome = defend(target, peers, out, spec, verdict=verdict)
+        head_perms = {i: p for i, p in enumerate(perms)}
+        if opts.method == "auto":
+            objective = [f.result for f in findings]
+            objective += [r for r in target_probe.results
+                          if r.trigger.source == "library" and r.asr >= 0.3 and r not in objective]
+            objective = objective[:6]
+            floors = [statistics.median(x.asr for peer in peer_probes if (x := peer.lookup(r.trigger.text, r.label)))
+                      if peer_probes else 0.0 for r in objective]
+            if labels is not None:
+                reference = torch.tensor(labels)
+            else:
+                reference = majority_labels([target_probe.clean_pred, *[p.clean_pred for p in peer_probes]],
+                                            target_clf.num_labels)
+            log(f"choosing the defense ({len(objective)} trigger(s) to minimise, clean bound "
+                f"{100 * opts.max_clean_drop:.1f} points)")
+            outcome = choose_and_build(target, peers, out, texts, reference, objective,
+                                       base=base.path if base else None, floors=floors, head_perms=head_perms,
+                                       max_clean_drop=opts.max_clean_drop, budget=opts.defense_budget,
+                                       verdict=verdict, log=log)
+        else:
+            spec = MergeSpec(opts.method, base.path if base else None, opts.weights, opts.density, opts.lam,
+                             opts.seed, head_perms=head_perms)
+            log(f"merging with {len(peers)} peers ({opts.method}) into {out}")
+            outcome = defend(target, peers, out, spec, verdict=verdict)
+            outcome.reason = f"Method {opts.method} was given on the command line (no search)."
         dclf = Classifier.load(out, name="defended")
         dpred = dclf.predict(texts)
         clean.accuracy_after = accuracy(dpred, labels)
@@ -108,22 +133,21 @@ def check(opts: CheckOptions, log: Callable[[str], None] = lambda s: None) -> Sc
         for f in findings:
             after[(f.result.trigger.text, f.result.label)] = remeasure(dclf, texts, f.result, dpred).asr
         lib_after = probe_model(dclf, texts, LIBRARY, name="defended")
-        note = (
-            "The defended variant is produced although no trigger was found: the merge also removes triggers "
-            "the probe cannot see (e.g. syntactic or style triggers)."
-            if verdict == NONE
-            else "The defended variant merges the target with its peers; see ASR after defense above."
-        )
+        note = outcome.reason
+        if verdict == NONE and opts.method != "auto":
+            note += (" The defended variant is produced although no trigger was found: the merge also removes "
+                     "triggers the probe cannot see (e.g. syntactic or style triggers).")
         defense = Defense(
-            method=opts.method,
+            method=outcome.spec.method,
             params={k: v for k, v in outcome.summary.items() if k in ("lambda", "density", "seed")},
-            peers=[p.name for p in peers],
+            peers=outcome.summary.get("peers") or [p.name for p in peers],
             weights=outcome.summary["weights"],
             output_dir=str(out),
             asr_max_before=max((f.result.asr for f in findings), default=None),
             asr_max_after=max(after.values(), default=None),
             library_asr_max_after=max((r.asr for r in lib_after.results), default=None),
             note=note,
+            candidates=outcome.candidates,
         )
     elif opts.defend:
         log("no peers given: skipping the defense (give --peer to produce a defended variant)")
@@ -161,7 +185,7 @@ def check(opts: CheckOptions, log: Callable[[str], None] = lambda s: None) -> Sc
         defense=defense,
         peers=peer_records,
         probe=ProbeInfo(probe_set.name, len(texts), probe_set.provenance, len(candidates), list(POSITIONS),
-                        list(BLIND_SPOTS)),
+                        list(BLIND_SPOTS), [round(g, 4) for g in null.gaps]),
         created_at=_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
         duration_s=round(time.time() - t0, 1),
         tool={"name": "hfscan", "version": __version__},
@@ -171,6 +195,19 @@ def check(opts: CheckOptions, log: Callable[[str], None] = lambda s: None) -> Sc
 def _rounded(c: CleanMetrics) -> CleanMetrics:
     r = lambda x: None if x is None else round(x, 4)  # noqa: E731
     return CleanMetrics(r(c.accuracy_before), r(c.accuracy_after), r(c.agreement_after), c.n, c.labelled)
+
+
+def _card_base(target: ResolvedModel, hub_dir: str | None) -> ResolvedModel | None:
+    """The base named by the target's card (``base_model``), when it can be found locally."""
+    ref = target.base_model
+    if isinstance(ref, list):
+        ref = ref[0] if len(ref) == 1 else None
+    if not isinstance(ref, str):
+        return None
+    try:
+        return resolve_base(ref, hub_dir)
+    except HfscanError:
+        return None
 
 
 def resolve_base(ref: str, hub_dir: str | None) -> ResolvedModel:

@@ -11,9 +11,10 @@ Schema 1 (``report.json``)::
                       asr_before, asr_after, n, peer_asr_max, peer_asr_median, z, level, gap}]
     clean           {accuracy_before, accuracy_after, agreement_after, n, labelled}
     defense         {method, params, peers, weights, output_dir, asr_max_before, asr_max_after,
-                     library_asr_max_after, note}
+                     library_asr_max_after, note, candidates: [{candidate, method, peers, weights,
+                     worst_asr, clean, clean_drop, within_bound, ...}]}
     peers           [{id, sha, label_permutation, best_asr, best_trigger}]
-    probe           {set, n, provenance, candidates, positions, limitations}
+    probe           {set, n, provenance, candidates, positions, limitations, null_gaps}
     duration_s      seconds
     exit_code       0 no trigger found, 1 backdoor or suspicious
 
@@ -87,6 +88,7 @@ class Defense:
     asr_max_after: float | None = None
     library_asr_max_after: float | None = None
     note: str = ""
+    candidates: list[dict] = field(default_factory=list)  # every merge tried by the defense search
 
 
 @dataclass
@@ -97,6 +99,7 @@ class ProbeInfo:
     candidates: int
     positions: list[str]
     limitations: list[str] = field(default_factory=list)
+    null_gaps: list[float] = field(default_factory=list)  # each peer's own best specificity gap
 
 
 @dataclass

@@ -15,7 +15,15 @@ import jinja2
 from .._fs import atomic_write_text
 from .model import ScanReport
 
-FORMATS = {"json": "report.json", "md": "report.md"}
+FORMATS = {
+    "json": "report.json",
+    "md": "report.md",
+    "sarif": "report.sarif",
+    "html": "report.html",
+    "summary": "summary.md",
+    "card": "card_section.md",
+}
+SUMMARY_LIMIT = 1024 * 1024 - 1024  # GitHub's job summary limit is 1 MiB per step
 
 
 def _template_dir() -> Path:
@@ -35,7 +43,7 @@ def pct(x: float | None) -> str:
 def environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(_template_dir())),
-        autoescape=jinja2.select_autoescape(["html", "svg"]),
+        autoescape=jinja2.select_autoescape(enabled_extensions=("html", "html.j2", "svg"), default_for_string=False),
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,
@@ -45,14 +53,33 @@ def environment() -> jinja2.Environment:
     return env
 
 
-def render(report: ScanReport, fmt: str) -> str:
+def render(report: ScanReport, fmt: str, location_root: str = "") -> str:
+    """Render one format. ``location_root``: the model's folder inside the repository (SARIF)."""
+    env = environment()
     if fmt == "json":
         return report.to_json()
-    name = {"md": "report.md.j2"}[fmt]
-    return environment().get_template(name).render(r=report, d=report.to_dict())
+    if fmt == "sarif":
+        import json
+
+        from .sarif import sarif_parts
+
+        text = env.get_template("report.sarif.j2").render(r=report, **sarif_parts(report, location_root))
+        return json.dumps(json.loads(text), indent=2) + "\n"  # normalised, and proof that it parses
+    if fmt == "html":
+        from .chart import asr_chart
+
+        return env.get_template("report.html.j2").render(r=report, chart=asr_chart(report))
+    if fmt == "summary":
+        for rows in (50, 10, 0):
+            text = env.get_template("summary.md.j2").render(r=report, max_rows=rows)
+            if len(text.encode()) <= SUMMARY_LIMIT:
+                return text
+        return text.encode()[:SUMMARY_LIMIT].decode(errors="ignore")
+    name = {"md": "report.md.j2", "card": "card_section.md.j2"}[fmt]
+    return env.get_template(name).render(r=report)
 
 
-def write_reports(report: ScanReport, out_dir: Path, formats: list[str]) -> dict[str, Path]:
+def write_reports(report: ScanReport, out_dir: Path, formats: list[str], location_root: str = "") -> dict[str, Path]:
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         from ..errors import HfscanError
@@ -61,6 +88,6 @@ def write_reports(report: ScanReport, out_dir: Path, formats: list[str]) -> dict
     written = {}
     for fmt in formats:
         path = Path(out_dir) / FORMATS[fmt]
-        atomic_write_text(path, render(report, fmt))
+        atomic_write_text(path, render(report, fmt, location_root))
         written[fmt] = path
     return written
