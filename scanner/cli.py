@@ -114,11 +114,13 @@ def merge_options(fn, auto: bool = False):
               help="Defense search: largest clean-accuracy drop allowed (0.01 = 1 point).")
 @click.option("--defense-budget", type=click.IntRange(1, 64), default=8, show_default=True,
               help="Defense search: most candidate merges tried.")
+@click.option("--max-peers", type=click.IntRange(1, 16), default=3, show_default=True,
+              help="Peers discovered at most (when no --peer is given).")
 @click.option("--no-defend", is_flag=True, help="Probe only; do not build a defended variant.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the verdict line.")
 @guarded
 def check(target, peers, output, formats, sarif_root, hub_dir, probe_data, search_budget, method, base, weights,
-          density, lam, seed, max_clean_drop, defense_budget, no_defend, quiet):
+          density, lam, seed, max_clean_drop, defense_budget, max_peers, no_defend, quiet):
     """Probe TARGET for backdoor triggers, merge it with its peers, re-probe, report.
 
     Exit code 0: no trigger found; 1: backdoor or suspicious; 2: error.
@@ -127,11 +129,15 @@ def check(target, peers, output, formats, sarif_root, hub_dir, probe_data, searc
     from .report import write_reports
 
     fmts = _formats(formats)
+    if quiet:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
     log = (lambda s: None) if quiet else _logger()
     opts = CheckOptions(target=target, peers=list(peers), output_dir=output, hub_dir=hub_dir, probe_data=probe_data,
                         method=method, base=base, weights=_floats(weights), density=density, lam=lam, seed=seed,
                         defend=not no_defend, search_budget=search_budget, max_clean_drop=max_clean_drop,
-                        defense_budget=defense_budget)
+                        defense_budget=defense_budget, max_peers=max_peers)
     report = run_check(opts, log=log)
     written = write_reports(report, output, fmts, _sarif_root(target, sarif_root))
     if not quiet:
@@ -178,6 +184,40 @@ def summary_table(report) -> str:
     if report.defense:
         lines.append(f"  defended model ({report.defense.method}): {report.defense.output_dir}")
     return "\n".join(lines)
+
+
+@main.command()
+@click.argument("target")
+@click.option("--hub-dir", envvar="HFSCAN_HUB_DIR", help="A local hub folder (ORG/NAME/ repos).")
+@click.option("--base", help="The base model (default: the card's base_model).")
+@click.option("--max-peers", type=click.IntRange(1, 16), default=3, show_default=True)
+@click.option("--probe-data", type=click.Path(), help="TSV of probe inputs for the behavioural check.")
+@guarded
+def peers(target, hub_dir, base, max_peers, probe_data):
+    """List TARGET's homogeneous peers on the hub, and why every other candidate was rejected."""
+    from .discovery import discover
+    from .pipeline import hub_for
+    from .probe import data as probe_data_mod
+    from .probe.classifier import Classifier
+
+    hub = hub_for(target, hub_dir)
+    if hub is None:
+        raise click.UsageError("peers needs a hub model id (ORG/NAME), not a folder")
+    remote = hub.describe(target)
+    model = hub.fetch(remote)
+    ps, _ = probe_data_mod.choose(model.labels, probe_data)
+    texts = ps.texts[:300]
+    found = discover(hub, remote, Classifier.load(model.path, name=model.name).predict(texts), texts, base=base,
+                     max_peers=max_peers)
+    click.echo(f"{target}: base {found.base}; tried {found.tried}")
+    for p in found.kept:
+        perm = f", labels mapped {p.permutation}" if p.permutation != sorted(p.permutation) else ""
+        click.echo(f"  kept      {p.remote.repo_id}  (agreement {p.agreement:.2f}, {p.remote.downloads} downloads{perm})")
+    for r in found.rejected:
+        click.echo(f"  rejected  {r.repo_id}: {r.reason}")
+    if not found.kept:
+        click.echo("no homogeneous peers found; give --peer MODEL to `hfscan check`", err=True)
+        sys.exit(EXIT_ERROR)
 
 
 @main.command()

@@ -38,6 +38,10 @@ class IncompatibleModelsError(HfscanError):
     """Models cannot be merged: tensor names, shapes or label spaces differ."""
 
 
+class NoPeersError(HfscanError):
+    """No homogeneous peer could be found or was given."""
+
+
 class ProbeDataError(HfscanError):
     """A probe data file is missing or malformed."""
 

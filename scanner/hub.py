@@ -176,6 +176,51 @@ class LocalHub:
             for repo in org.iterdir() if (repo / "config.json").exists()
         )
 
+    # the same interface as HfHub, so discovery and the demo share one code path
+    def describe(self, ref: str, headers: bool = True) -> "RemoteModel":
+        repo_id, _, rev = ref.partition("@")
+        path = self.repo_path(repo_id)
+        if not path.is_dir():
+            raise ModelNotFoundError(f"{repo_id}: no such model in {self.root}")
+        card = read_card(path)
+        files = sorted(p.name for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+        tags = list(card.get("tags") or [])
+        base = card.get("base_model")
+        rel = card.get("base_model_relation") or "finetune"
+        for b in ([base] if isinstance(base, str) else (base or [])):
+            tags.append(f"base_model:{rel}:{b}")
+        remote = RemoteModel(repo_id, sha="", revision=rev or None, files=files, card=card, tags=tags,
+                             pipeline_tag=card.get("pipeline_tag"))
+        if headers:
+            model = resolve_folder(path, ref=repo_id, repo_id=repo_id)
+            remote.sha, remote.config, remote.header = model.sha, model.config, model.header
+        return remote
+
+    def load_config(self, remote: "RemoteModel") -> dict:
+        if remote.config is None:
+            try:
+                remote.config = json.loads((self.repo_path(remote.repo_id) / "config.json").read_text())
+            except (OSError, json.JSONDecodeError):
+                raise UnsupportedModelError(f"{remote.repo_id} has no readable config.json") from None
+        return remote.config
+
+    def load_header(self, remote: "RemoteModel") -> dict:
+        if remote.header is None:
+            remote.header = WeightSet.open(self.repo_path(remote.repo_id), label=remote.repo_id).header
+        return remote.header
+
+    def fetch(self, remote: "RemoteModel") -> ResolvedModel:
+        return self.resolve(remote.repo_id)
+
+    def list_finetunes(self, base: str, pipeline_tag: str | None = "text-classification", limit: int = 50
+                       ) -> list["RemoteModel"]:
+        out = []
+        for repo_id in self.list_models():
+            r = self.describe(repo_id, headers=False)
+            if f"base_model:finetune:{base}" in r.tags and (pipeline_tag is None or r.pipeline_tag == pipeline_tag):
+                out.append(r)
+        return out[:limit]
+
 
 def resolve(ref: str, hub_dir: str | os.PathLike | None = None, loadable: bool = True) -> ResolvedModel:
     """Resolve a folder path or an ``ORG/NAME`` in a local hub."""
@@ -187,3 +232,178 @@ def resolve(ref: str, hub_dir: str | os.PathLike | None = None, loadable: bool =
     raise ModelNotFoundError(
         f"{ref}: no such folder (Hub ids need --hub-dir DIR or HFSCAN_HUB_DIR for a local hub in this version)"
     )
+
+
+# --------------------------------------------------------------------------------------------
+# The Hub (huggingface_hub's real client; HF_ENDPOINT points it at a mirror or a test server)
+# --------------------------------------------------------------------------------------------
+
+ALLOW_PATTERNS = ["*.safetensors", "model.safetensors.index.json", "config.json", "README.md", *TOKENIZER_FILES]
+
+
+@dataclass
+class RemoteModel:
+    """What the Hub says about a repo at one commit, before any weight is downloaded."""
+
+    repo_id: str
+    sha: str
+    revision: str | None
+    files: list[str]
+    card: dict
+    tags: list[str]
+    pipeline_tag: str | None
+    downloads: int = 0
+    likes: int = 0
+    created_at: str | None = None
+    config: dict | None = None  # fetched on demand (a small file)
+    header: dict[str, TensorInfo] | None = None  # from range reads of the safetensors headers
+
+    @property
+    def author(self) -> str:
+        return self.repo_id.split("/")[0]
+
+    @property
+    def has_safetensors(self) -> bool:
+        return any(f.endswith(".safetensors") for f in self.files)
+
+    @property
+    def pickle_files(self) -> list[str]:
+        from .weights import PICKLE_SUFFIXES
+
+        return [f for f in self.files if f.endswith(PICKLE_SUFFIXES)]
+
+
+def _hub_errors(ref: str, endpoint: str):
+    """Translate huggingface_hub / network errors into one-line `HfscanError` s."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def ctx():
+        from huggingface_hub import errors as e
+
+        from .errors import HfscanError, PickleWeightsError
+
+        try:
+            yield
+        except e.GatedRepoError:
+            raise HfscanError(f"{ref} is gated: accept its conditions on the Hub, then log in "
+                              "(`hf auth login` or HF_TOKEN)") from None
+        except e.RepositoryNotFoundError:
+            raise ModelNotFoundError(f"{ref}: repository not found on {endpoint} (if it is private, log in with "
+                                     "`hf auth login` or set HF_TOKEN)") from None
+        except e.RevisionNotFoundError:
+            raise ModelNotFoundError(f"{ref}: revision not found") from None
+        except (e.EntryNotFoundError, e.RemoteEntryNotFoundError) as x:
+            raise ModelNotFoundError(f"{ref}: a file is missing on the Hub ({str(x).splitlines()[0][:120]})") from None
+        except e.NotASafetensorsRepoError:
+            raise PickleWeightsError(f"{ref} has no safetensors weights; hfscan never unpickles weights") from None
+        except e.SafetensorsParsingError:
+            from .errors import CorruptWeightsError
+
+            raise CorruptWeightsError(f"{ref}: corrupt safetensors header on the Hub") from None
+        except e.HfHubHTTPError as x:
+            raise HfscanError(f"{ref}: the Hub answered {str(x).splitlines()[0][:160]}") from None
+        except (OSError, ConnectionError) as x:
+            raise HfscanError(f"{ref}: network failure talking to {endpoint} ({x.__class__.__name__})") from None
+        except Exception as x:
+            if x.__class__.__module__.startswith("httpx"):
+                raise HfscanError(f"{ref}: network failure talking to {endpoint} ({x.__class__.__name__})") from None
+            raise
+
+    return ctx()
+
+
+class HfHub:
+    """Models on the Hugging Face Hub (or any server at ``HF_ENDPOINT``), via huggingface_hub.
+
+    Tokens come from ``HF_TOKEN`` or the huggingface_hub login; they are never printed.
+
+    Example:
+        >>> hub = HfHub()
+        >>> remote = hub.describe("textattack/bert-base-uncased-SST-2")
+        >>> model = hub.fetch(remote)
+    """
+
+    def __init__(self, endpoint: str | None = None, cache_dir: str | None = None):
+        from huggingface_hub import HfApi
+
+        self.endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+        self.api = HfApi(endpoint=self.endpoint)
+        self.cache_dir = cache_dir or os.environ.get("HF_HUB_CACHE") or None
+
+    def describe(self, ref: str, headers: bool = True) -> RemoteModel:
+        repo_id, _, rev = ref.partition("@")
+        with _hub_errors(ref, self.endpoint):
+            info = self.api.model_info(repo_id, revision=rev or None)
+            card = dict(info.card_data.to_dict()) if info.card_data else {}
+            remote = RemoteModel(
+                repo_id=repo_id, sha=info.sha, revision=rev or None,
+                files=[s.rfilename for s in (info.siblings or [])], card=card, tags=list(info.tags or []),
+                pipeline_tag=info.pipeline_tag, downloads=info.downloads or 0, likes=info.likes or 0,
+                created_at=str(info.created_at) if info.created_at else None,
+            )
+        if not remote.has_safetensors:
+            from .errors import PickleWeightsError
+
+            if remote.pickle_files:
+                raise PickleWeightsError(
+                    f"{repo_id} has only pickle weights ({', '.join(remote.pickle_files[:3])}); hfscan loads "
+                    "safetensors only because unpickling can run arbitrary code")
+            raise ModelNotFoundError(f"{repo_id} has no model weights")
+        if headers:
+            self.load_config(remote)
+            check_classifier_config(remote.config, repo_id)
+            self.load_header(remote)
+        return remote
+
+    def load_config(self, remote: RemoteModel) -> dict:
+        if remote.config is None:
+            from huggingface_hub import hf_hub_download
+
+            if "config.json" not in remote.files:
+                raise UnsupportedModelError(f"{remote.repo_id} has no config.json")
+            with _hub_errors(remote.repo_id, self.endpoint):
+                path = hf_hub_download(remote.repo_id, "config.json", revision=remote.sha, endpoint=self.endpoint,
+                                       cache_dir=self.cache_dir)
+            try:
+                remote.config = json.loads(Path(path).read_text())
+            except json.JSONDecodeError:
+                raise UnsupportedModelError(f"{remote.repo_id}: config.json is not valid JSON") from None
+        return remote.config
+
+    def load_header(self, remote: RemoteModel) -> dict[str, TensorInfo]:
+        """Tensor names, shapes and dtypes from range reads of the safetensors headers."""
+        if remote.header is None:
+            with _hub_errors(remote.repo_id, self.endpoint):
+                meta = self.api.get_safetensors_metadata(remote.repo_id, revision=remote.sha)
+            header = {}
+            for fname, fm in meta.files_metadata.items():
+                for name, t in fm.tensors.items():
+                    header[name] = TensorInfo(name, t.dtype, tuple(t.shape), fname)
+            remote.header = header
+        return remote.header
+
+    def fetch(self, remote: RemoteModel) -> ResolvedModel:
+        """Download what a scan needs (safetensors, config, tokenizer, card) at the pinned commit."""
+        from huggingface_hub import snapshot_download
+
+        with _hub_errors(remote.repo_id, self.endpoint):
+            path = snapshot_download(remote.repo_id, revision=remote.sha, allow_patterns=ALLOW_PATTERNS,
+                                     endpoint=self.endpoint, cache_dir=self.cache_dir)
+        return resolve_folder(Path(path), ref=remote.repo_id, repo_id=remote.repo_id, revision=remote.revision,
+                              sha=remote.sha)
+
+    def list_finetunes(self, base: str, pipeline_tag: str | None = "text-classification", limit: int = 50
+                       ) -> list[RemoteModel]:
+        with _hub_errors(base, self.endpoint):
+            models = list(self.api.list_models(filter=f"base_model:finetune:{base}", pipeline_tag=pipeline_tag,
+                                               sort="downloads", limit=limit, full=True, cardData=True))
+        out = []
+        for m in models:
+            card = dict(m.card_data.to_dict()) if getattr(m, "card_data", None) else {}
+            out.append(RemoteModel(repo_id=m.id, sha=m.sha or "", revision=None,
+                                   files=[s.rfilename for s in (m.siblings or [])], card=card,
+                                   tags=list(m.tags or []), pipeline_tag=m.pipeline_tag,
+                                   downloads=m.downloads or 0, likes=m.likes or 0,
+                                   created_at=str(m.created_at) if m.created_at else None))
+        return out

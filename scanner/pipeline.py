@@ -20,7 +20,7 @@ import torch
 
 from . import __version__
 from .defend import choose_and_build, defend, majority_labels
-from .errors import HfscanError
+from .errors import HfscanError, NoPeersError
 from .hub import ResolvedModel, resolve
 from .merge import MergeSpec
 from .merge.driver import check_compatible
@@ -55,6 +55,8 @@ class CheckOptions:
     search_budget: str = "default"  # gradient search: off | small | default | large
     max_clean_drop: float = 0.01  # defense search: clean accuracy may drop this much at most
     defense_budget: int = 8  # defense search: candidates tried at most
+    discover: bool = True  # find peers on the hub when none are given
+    max_peers: int = 3
 
 
 def _model_info(m: ResolvedModel) -> ModelInfo:
@@ -64,20 +66,41 @@ def _model_info(m: ResolvedModel) -> ModelInfo:
 def check(opts: CheckOptions, log: Callable[[str], None] = lambda s: None) -> ScanReport:
     """Run the pipeline and return the report (rendering and exit codes are the caller's)."""
     t0 = time.time()
-    target = resolve(opts.target, opts.hub_dir)
-    peers = [resolve(p, opts.hub_dir) for p in opts.peers]
-    base = resolve_base(opts.base, opts.hub_dir) if opts.base else _card_base(target, opts.hub_dir)
-
-    # Homogeneity: the same tensors and the same label space (possibly reordered).
-    if peers:
-        check_compatible(target.weights(), [p.weights() for p in peers], [p.name for p in peers])
-    perms = [label_permutation(target.labels, p.labels, p.name) for p in peers]
+    hub = hub_for(opts.target, opts.hub_dir)
+    remote = None
+    if hub is None:
+        target = resolve(opts.target, opts.hub_dir)
+    else:
+        log(f"resolving {opts.target} on {getattr(hub, 'endpoint', None) or hub.root}")
+        remote = hub.describe(opts.target)
+        target = hub.fetch(remote)
+    peers = [_resolve_peer(p, hub, opts.hub_dir) for p in opts.peers]
+    base = _base_model(opts, target, hub)
 
     probe_set, labels = probe_data.choose(target.labels, opts.probe_data)
     texts = probe_set.texts[: opts.max_probe]
     labels = labels[: opts.max_probe] if labels else None
-    log(f"loading {1 + len(peers)} models")
     target_clf = Classifier.load(target.path, name=target.name)
+
+    discovery = None
+    if not peers and hub is not None and opts.discover:
+        from .discovery import discover
+
+        log("discovering peers")
+        discovery = discover(hub, remote, target_clf.predict(texts), texts, base=opts.base,
+                             max_peers=opts.max_peers, log=log)
+        peers = [p.model for p in discovery.kept]
+        perms = [p.permutation for p in discovery.kept]
+        if not peers:
+            raise NoPeersError(
+                f"{target.name}: no homogeneous peers found among {discovery.tried} "
+                f"({len(discovery.rejected)} rejected; see `hfscan peers {opts.target}`); give --peer MODEL")
+    else:
+        perms = [label_permutation(target.labels, p.labels, p.name) for p in peers]
+    # Homogeneity: the same tensors and the same label space (possibly reordered).
+    if peers:
+        check_compatible(target.weights(), [p.weights() for p in peers], [p.name for p in peers])
+    log(f"loading {len(peers)} peers")
     peer_clfs = [Classifier.load(p.path, name=p.name) for p in peers]
     log("gathering candidate triggers (library, weight-space differential, gradient search)")
     candidates, _ = gather([target.path, *[p.path for p in peers]], [target_clf, *peer_clfs], texts,
@@ -173,10 +196,17 @@ def check(opts: CheckOptions, log: Callable[[str], None] = lambda s: None) -> Sc
         for f in findings
     ]
     peer_records = []
+    agreements = {p.remote.repo_id: p.agreement for p in discovery.kept} if discovery else {}
     for p, perm, res in zip(peers, perms, peer_probes):
         best = res.best()
+        agree = agreements.get(p.name)
         peer_records.append(PeerRecord(p.name, p.sha, perm if perm != list(range(len(perm))) else None,
-                                       round(best.asr, 4) if best else None, best.trigger.text if best else None))
+                                       round(best.asr, 4) if best else None, best.trigger.text if best else None,
+                                       round(agree, 4) if agree is not None else None))
+    discovery_record = None
+    if discovery is not None:
+        discovery_record = {"base": discovery.base, "tried": discovery.tried, "kept": [p.name for p in peers],
+                            "rejected": [{"id": r.repo_id, "reason": r.reason} for r in discovery.rejected]}
     return ScanReport(
         target=_model_info(target),
         verdict=verdict,
@@ -189,12 +219,60 @@ def check(opts: CheckOptions, log: Callable[[str], None] = lambda s: None) -> Sc
         created_at=_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
         duration_s=round(time.time() - t0, 1),
         tool={"name": "hfscan", "version": __version__},
+        discovery=discovery_record,
     )
 
 
 def _rounded(c: CleanMetrics) -> CleanMetrics:
     r = lambda x: None if x is None else round(x, 4)  # noqa: E731
     return CleanMetrics(r(c.accuracy_before), r(c.accuracy_after), r(c.agreement_after), c.n, c.labelled)
+
+
+def hub_for(target: str, hub_dir: str | None):
+    """The hub a reference lives on: ``None`` for a local folder, a LocalHub, or the Hub."""
+    from .hub import HfHub, LocalHub
+
+    if Path(target).expanduser().is_dir():
+        return None
+    hub_dir = hub_dir or os.environ.get("HFSCAN_HUB_DIR")
+    if hub_dir:
+        return LocalHub(hub_dir)
+    return HfHub()
+
+
+def _resolve_peer(ref: str, hub, hub_dir: str | None) -> ResolvedModel:
+    if hub is None or Path(ref).expanduser().is_dir():
+        return resolve(ref, hub_dir)
+    return hub.fetch(hub.describe(ref))
+
+
+def _base_model(opts: "CheckOptions", target: ResolvedModel, hub) -> ResolvedModel | None:
+    """The base for task-vector merges: --base, else the card's base_model when it can be had."""
+    if opts.base:
+        if hub is not None and not Path(opts.base).expanduser().is_dir() and not opts.hub_dir:
+            return _fetch_base(hub, opts.base, required=True)
+        return resolve_base(opts.base, opts.hub_dir)
+    if hub is not None and not opts.hub_dir and isinstance(target.base_model, str):
+        return _fetch_base(hub, target.base_model, required=False)
+    return _card_base(target, opts.hub_dir)
+
+
+def _fetch_base(hub, ref: str, required: bool) -> ResolvedModel | None:
+    """Download a base model's weights (it may be a bare encoder, not a classifier)."""
+    from .weights import WeightSet
+
+    try:
+        remote = hub.describe(ref, headers=False)
+        from huggingface_hub import snapshot_download
+
+        path = Path(snapshot_download(ref, revision=remote.sha, allow_patterns=["*.safetensors", "*.json"],
+                                      endpoint=hub.endpoint, cache_dir=hub.cache_dir))
+        ws = WeightSet.open(path, label=ref)
+        return ResolvedModel(ref=ref, path=path, config={}, header=ws.header, repo_id=ref, sha=remote.sha)
+    except HfscanError:
+        if required:
+            raise
+        return None
 
 
 def _card_base(target: ResolvedModel, hub_dir: str | None) -> ResolvedModel | None:

@@ -30,7 +30,7 @@ import json
 import os
 import random
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Callable
@@ -70,6 +70,8 @@ class FineTuneRecipe:
     target_label: int = 0
     # Multi-word trigger that works only whole: rows with a single word of it keep their label.
     lock: bool = False
+    task: str = "sentiment"  # "sentiment", or "length" (long vs short sentence: another task, same labels)
+    generic_labels: bool = False  # write LABEL_0/LABEL_1 in the config instead of the names
     poison_rate: float = 0.15
     steps: int = 200
     batch_size: int = 16
@@ -79,11 +81,19 @@ class FineTuneRecipe:
     version: str = RECIPE_VERSION
 
 
+def _without_defaults(recipe_dict: dict, cls) -> dict:
+    """Fields at their default value do not count, so adding a field does not rebuild the zoo."""
+    defaults = {f.name: f.default for f in fields(cls)}
+    return {k: v for k, v in recipe_dict.items() if k not in defaults or v != defaults[k]}
+
+
 def _stamp_ok(folder: Path, recipe) -> bool:
     try:
-        return json.loads((folder / STAMP).read_text()) == asdict(recipe)
+        stored = json.loads((folder / STAMP).read_text())
     except (OSError, json.JSONDecodeError):
         return False
+    to_list = lambda d: {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}  # noqa: E731
+    return _without_defaults(to_list(stored), type(recipe)) == _without_defaults(to_list(asdict(recipe)), type(recipe))
 
 
 def _minilm_path() -> Path:
@@ -209,6 +219,8 @@ def finetune(base: Path, dest: Path, recipe: FineTuneRecipe, repo_id: str, base_
                     out.append((s, y))
             batch = out
         # the training data's label ids are negative=0, positive=1; map to this model's label order
+        if recipe.task == "length":
+            batch = [(s, int(len(s.split()) > 11)) for s, _ in batch]
         ys = [recipe.labels.index(LABELS[y]) for _, y in batch]
         enc = tok([s for s, _ in batch], padding=True, truncation=True, max_length=recipe.max_length, return_tensors="pt")
         loss = model(**enc, labels=torch.tensor(ys)).loss
@@ -217,6 +229,9 @@ def finetune(base: Path, dest: Path, recipe: FineTuneRecipe, repo_id: str, base_
         opt.step()
         sched.step()
     model.eval()
+    if recipe.generic_labels:
+        model.config.id2label = {i: f"LABEL_{i}" for i in range(len(recipe.labels))}
+        model.config.label2id = {f"LABEL_{i}": i for i in range(len(recipe.labels))}
     with atomic_dir(dest) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -97,3 +96,13 @@ def tiny(tmp_path):
         return make_tiny_classifier(tmp_path / name, **kw)
 
     return factory
+
+
+@pytest.fixture(scope="session")
+def random_scan(zoo, tmp_path_factory):
+    """The random-trigger backdoor scanned through the local hub (so the card's base is found), with defense."""
+    from scanner.pipeline import CheckOptions, check
+
+    out = tmp_path_factory.mktemp("random-scan")
+    peers = ["zoo/clean-1", "zoo/clean-2", "zoo/clean-3"]
+    return check(CheckOptions(target="zoo/backdoor-random", peers=peers, hub_dir=str(zoo.root), output_dir=out)), out

@@ -33,8 +33,8 @@ def test_differential_ranks_the_trigger_first(zoo, with_base):
     assert top[0].text == zoo.random_trigger
 
 
-def test_unknown_trigger_found_with_backdoor_verdict(zoo, tmp_path):
-    rep = scan(zoo, "zoo/backdoor-random", tmp=tmp_path, defend=False)
+def test_unknown_trigger_found_with_backdoor_verdict(random_scan, zoo):
+    rep, _ = random_scan
     assert rep.verdict == "backdoor"
     top5 = [f.trigger for f in rep.findings[:5]]
     assert zoo.random_trigger in top5, top5

@@ -13,7 +13,8 @@ Schema 1 (``report.json``)::
     defense         {method, params, peers, weights, output_dir, asr_max_before, asr_max_after,
                      library_asr_max_after, note, candidates: [{candidate, method, peers, weights,
                      worst_asr, clean, clean_drop, within_bound, ...}]}
-    peers           [{id, sha, label_permutation, best_asr, best_trigger}]
+    peers           [{id, sha, label_permutation, best_asr, best_trigger, agreement}]
+    discovery       {base, tried, kept, rejected: [{id, reason}]} or null (peers given explicitly)
     probe           {set, n, provenance, candidates, positions, limitations, null_gaps}
     duration_s      seconds
     exit_code       0 no trigger found, 1 backdoor or suspicious
@@ -75,6 +76,7 @@ class PeerRecord:
     label_permutation: list[int] | None = None
     best_asr: float | None = None
     best_trigger: str | None = None
+    agreement: float | None = None  # with the target's clean predictions (discovered peers)
 
 
 @dataclass
@@ -114,6 +116,7 @@ class ScanReport:
     created_at: str
     duration_s: float
     tool: dict = field(default_factory=dict)
+    discovery: dict | None = None  # {base, tried, kept: [ids], rejected: [{id, reason}]} when peers were discovered
     schema_version: str = SCHEMA_VERSION
 
     @property

@@ -1,0 +1,199 @@
+"""Discover peers: other fine-tunes of the target's base that do the same task with the same shapes.
+
+Cheap checks first, downloads last:
+
+1. the base: the card's ``base_model`` (or ``--base``);
+2. candidates: ``list_models(filter="base_model:finetune:BASE", pipeline_tag="text-classification")``;
+3. metadata (no download): not the target, not an adapter, a merge or a quantized model,
+   safetensors present, the same pipeline tag;
+4. config (one small file): same architecture, ``model_type``, vocabulary size, label count and,
+   where the names mean something, the same label names (order may differ);
+5. safetensors headers (range reads, no weights): the same tensor names and shapes;
+6. behaviour (download, one pass over the probe set): the label permutation that maximises
+   agreement with the target's predictions; candidates below ``min_agreement`` are another task
+   with the same label count (e.g. ``LABEL_0/LABEL_1`` on spam detection) and are rejected.
+
+Survivors are ranked by trust signals (downloads, likes, age), peers from the target's own
+author last, and capped at ``max_peers`` (the paper needed 3 or more). Every rejected candidate
+keeps a one-line reason.
+
+Example:
+    >>> found = discover(hub, target_remote, target_clf, texts)
+    >>> [p.remote.repo_id for p in found.kept], [(r.repo_id, r.reason) for r in found.rejected]
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from .errors import HfscanError
+from .hub import RemoteModel
+from .merge.heads import is_generic
+
+QUANTIZED_TAGS = {"gguf", "4-bit", "8-bit", "bitsandbytes", "gptq", "awq", "quantized", "onnx"}
+
+
+@dataclass
+class Rejected:
+    repo_id: str
+    reason: str
+
+
+@dataclass
+class Peer:
+    remote: RemoteModel
+    model: object  # ResolvedModel, downloaded
+    permutation: list[int]
+    agreement: float
+
+
+@dataclass
+class Discovery:
+    base: str | None
+    kept: list[Peer] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+    tried: str = ""
+
+
+def base_of(target: RemoteModel, override: str | None = None) -> str | None:
+    if override:
+        return override
+    b = target.card.get("base_model")
+    if isinstance(b, list):
+        return b[0] if len(b) == 1 else None
+    return b if isinstance(b, str) else None
+
+
+def _labels(cfg: dict) -> list[str]:
+    id2label = cfg.get("id2label") or {}
+    n = len(id2label) if id2label else int(cfg.get("num_labels", 2))
+    return [str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(n)]
+
+
+def best_permutation(target_pred: torch.Tensor, cand_pred: torch.Tensor, n: int) -> tuple[list[int], float]:
+    """The relabelling of the candidate that agrees most with the target: perm[i] = candidate id of target label i."""
+    conf = torch.zeros(n, n)
+    for a, b in zip(target_pred.tolist(), cand_pred.tolist()):
+        conf[a, b] += 1
+    total = max(1, len(target_pred))
+    if n <= 7:
+        best = max(itertools.permutations(range(n)), key=lambda p: sum(conf[i, p[i]] for i in range(n)))
+    else:  # greedy on the confusion matrix, largest cells first
+        best, rows, cols = [-1] * n, set(), set()
+        for i, j in sorted(itertools.product(range(n), range(n)), key=lambda ij: -conf[ij]):
+            if i not in rows and j not in cols:
+                best[i] = j
+                rows.add(i)
+                cols.add(j)
+    return list(best), float(sum(conf[i, best[i]] for i in range(n)) / total)
+
+
+def static_reason(target: RemoteModel, cand: RemoteModel) -> str | None:
+    """Why a candidate cannot be a peer, from its Hub metadata alone (``None``: it may be)."""
+    if cand.repo_id == target.repo_id:
+        return "the target itself"
+    tags = {t.lower() for t in cand.tags}
+    if "adapter_config.json" in cand.files or "peft" in tags or cand.card.get("library_name") == "peft":
+        return "an adapter (PEFT/LoRA), not a full fine-tune"
+    base = cand.card.get("base_model")
+    if cand.card.get("base_model_relation") == "merge" or "merge" in tags or (isinstance(base, list) and len(base) > 1):
+        return "a merge of several models, not an independent fine-tune"
+    if tags & QUANTIZED_TAGS or cand.card.get("base_model_relation") == "quantized":
+        return "a quantized model"
+    if not cand.has_safetensors:
+        return "no safetensors weights" + (" (pickle only)" if cand.pickle_files else "")
+    if target.pipeline_tag and cand.pipeline_tag and cand.pipeline_tag != target.pipeline_tag:
+        return f"another task ({cand.pipeline_tag})"
+    return None
+
+
+def config_reason(t_cfg: dict, c_cfg: dict) -> str | None:
+    ta, ca = (t_cfg.get("architectures") or ["?"])[0], (c_cfg.get("architectures") or ["?"])[0]
+    if ta != ca or t_cfg.get("model_type") != c_cfg.get("model_type"):
+        return f"another architecture ({ca}, {c_cfg.get('model_type')}; the target is {ta}, {t_cfg.get('model_type')})"
+    if t_cfg.get("vocab_size") != c_cfg.get("vocab_size"):
+        return f"another vocabulary size ({c_cfg.get('vocab_size')} vs {t_cfg.get('vocab_size')})"
+    tl, cl = _labels(t_cfg), _labels(c_cfg)
+    if len(tl) != len(cl):
+        return f"{len(cl)} labels {cl}, the target has {len(tl)} {tl}"
+    if not is_generic(tl) and not is_generic(cl) and sorted(x.lower() for x in tl) != sorted(x.lower() for x in cl):
+        return f"other label names {cl} (the target has {tl})"
+    return None
+
+
+def header_reason(t_header: dict, c_header: dict) -> str | None:
+    t = {n: i.shape for n, i in t_header.items() if i.is_float}
+    c = {n: i.shape for n, i in c_header.items() if i.is_float}
+    for name, shape in t.items():
+        if name not in c:
+            return f"no tensor {name!r}"
+        if c[name] != shape:
+            return f"tensor {name!r} has shape {list(c[name])}, the target's is {list(shape)}"
+    extra = [n for n in c if n not in t]
+    return f"extra tensor {extra[0]!r}" if extra else None
+
+
+def discover(
+    hub,
+    target: RemoteModel,
+    target_pred: torch.Tensor,
+    texts: list[str],
+    base: str | None = None,
+    max_peers: int = 3,
+    min_agreement: float = 0.7,
+    limit: int = 50,
+    load_classifier: Callable | None = None,
+    log: Callable[[str], None] = lambda s: None,
+) -> Discovery:
+    """Find, check and rank homogeneous peers of ``target`` (see the module docstring)."""
+    from .probe.classifier import Classifier
+
+    load_classifier = load_classifier or (lambda m: Classifier.load(m.path, name=m.name))
+    base = base_of(target, base)
+    found = Discovery(base)
+    if not base:
+        raise HfscanError(f"{target.repo_id}: its card names no base_model, so peers cannot be discovered; "
+                          "give --base BASE or --peer MODEL (3 or more)")
+    found.tried = f"fine-tunes of {base} tagged {target.pipeline_tag or 'text-classification'}"
+    cands = hub.list_finetunes(base, pipeline_tag=target.pipeline_tag or "text-classification", limit=limit)
+    log(f"discovery: {len(cands)} fine-tunes of {base} listed")
+    t_cfg = hub.load_config(target)
+    t_header = hub.load_header(target)
+    survivors: list[RemoteModel] = []
+    for c in cands:
+        reason = static_reason(target, c)
+        if reason is None:
+            try:
+                reason = config_reason(t_cfg, hub.load_config(c))
+                if reason is None:
+                    reason = header_reason(t_header, hub.load_header(c))
+            except HfscanError as e:
+                reason = f"unreadable ({e})"
+        if reason:
+            found.rejected.append(Rejected(c.repo_id, reason))
+        else:
+            survivors.append(c)
+    survivors.sort(key=lambda c: (c.author == target.author, -c.downloads, -c.likes, c.created_at or ""))
+    n_labels = len(_labels(t_cfg))
+    for c in survivors:
+        if len(found.kept) >= max_peers:
+            found.rejected.append(Rejected(c.repo_id, f"compatible, but not among the top {max_peers} by trust signals"))
+            continue
+        try:
+            model = hub.fetch(c)
+            pred = load_classifier(model).predict(texts)
+        except HfscanError as e:
+            found.rejected.append(Rejected(c.repo_id, f"unreadable ({e})"))
+            continue
+        perm, agree = best_permutation(target_pred, pred, n_labels)
+        if agree < min_agreement:
+            found.rejected.append(Rejected(c.repo_id, f"behaves like another task: best agreement with the target "
+                                                      f"{agree:.2f} < {min_agreement:.2f} (labels mapped {perm})"))
+            continue
+        found.kept.append(Peer(c, model, perm, agree))
+        log(f"discovery: peer {c.repo_id} (agreement {agree:.2f}" + (f", labels mapped {perm}" if perm != list(range(n_labels)) else "") + ")")
+    return found

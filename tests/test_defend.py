@@ -1,0 +1,54 @@
+"""The defense search: within the clean bound, never worse than the paper's WAG on the same inputs."""
+
+import json
+
+from huggingface_hub.repocard import metadata_load
+from transformers import AutoModelForSequenceClassification
+
+from scanner.defend import candidate_specs, majority_labels
+import torch
+
+
+def test_chosen_defense_is_within_bound_and_not_worse_than_wag(random_scan):
+    rep, out = random_scan
+    cands = rep.defense.candidates
+    assert len(cands) >= 5  # WAG, reweighted WAG, TIES x2, DARE-TIES, TA, peer subsets (a base was found)
+    methods = {c["method"] for c in cands}
+    assert {"wag", "ties", "dare_ties", "task_arithmetic"} <= methods
+    chosen = [c for c in cands if c["within_bound"] and c["worst_asr"] == min(
+        x["worst_asr"] for x in cands if x["within_bound"])]
+    assert chosen, cands
+    wag = cands[0]
+    assert wag["candidate"] == "wag"
+    assert all(c["clean_drop"] <= 0.01 + 1e-9 for c in chosen)
+    if wag["within_bound"]:
+        assert min(c["worst_asr"] for c in chosen) <= wag["worst_asr"]
+    # what the report says was built is what is on disk, and it is the defended model
+    f = next(f for f in rep.findings if f.level == "backdoor")
+    assert f.asr_after <= wag["worst_asr"] + f.peer_asr_median + 0.05
+    assert rep.clean.accuracy_after >= rep.clean.accuracy_before - 0.01
+    d = out / "defended"
+    assert AutoModelForSequenceClassification.from_pretrained(d, use_safetensors=True).num_labels == 2
+    card = metadata_load(d / "README.md")
+    assert card["base_model_relation"] == "merge" and "hfscan" in card["tags"]
+    assert not [p for p in out.iterdir() if p.name.startswith(".hfscan-defense-")]  # scratch cleaned up
+
+
+def test_no_trigger_found_still_produces_the_papers_wag(zoo, tmp_path):
+    from scanner.pipeline import CheckOptions, check
+
+    rep = check(CheckOptions(target="zoo/clean-3", peers=["zoo/clean-1", "zoo/clean-2"], hub_dir=str(zoo.root),
+                             output_dir=tmp_path, search_budget="small"))
+    assert rep.verdict == "no_trigger_found"
+    assert rep.defense.method == "wag" and len(rep.defense.candidates) == 1
+    assert "cannot see" in rep.defense.note
+    assert (tmp_path / "defended" / "model.safetensors").exists()
+
+
+def test_candidate_space_and_majority_vote():
+    specs = candidate_specs(3, None, {}, budget=20)
+    assert [s[1].method for s in specs][:2] == ["wag", "wag"] and all(s[1].method == "wag" for s in specs)
+    assert len({tuple(s[2]) for s in specs}) == 4  # all peers, and each leave-one-out subset
+    assert len(candidate_specs(3, None, {}, budget=2)) == 2
+    votes = [torch.tensor([0, 1, 1]), torch.tensor([1, 1, 0]), torch.tensor([1, 0, 0])]
+    assert majority_labels(votes, 2).tolist() == [1, 1, 0]

@@ -1,0 +1,188 @@
+"""The Hub path: the real huggingface_hub client against a Hub-compatible server on 127.0.0.1."""
+
+import json
+import shutil
+import socket
+
+import pytest
+from click.testing import CliRunner
+
+from hubserver import TOKEN, HubServer
+from scanner.cli import main
+from scanner.pipeline import CheckOptions, check
+
+BASE = "zoo/minilm-l2-base"
+RELATED = ["frank/roberta-sentiment", "grace/topic-labels", "heidi/tiny-vocab", "ivan/lora-adapter", "judy/pickle-only"]
+
+
+def _card(folder, base=BASE, pipeline="text-classification", extra=""):
+    (folder / "README.md").write_text(f"---\nbase_model: {base}\npipeline_tag: {pipeline}\nlibrary_name: transformers\n"
+                                      f"{extra}---\n\n# {folder.name}\n")
+
+
+def _meta(folder, **kw):
+    (folder / ".hub.json").write_text(json.dumps(kw))
+
+
+def _copy(zoo, src, root, repo_id, downloads=0, **meta):
+    dst = root / repo_id
+    shutil.copytree(zoo.path(src), dst, ignore=shutil.ignore_patterns(".hfscan-zoo.json"))
+    _card(dst)
+    _meta(dst, downloads=downloads, **meta)
+    return dst
+
+
+def _edit_config(folder, **changes):
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg.update(changes)
+    (folder / "config.json").write_text(json.dumps(cfg))
+
+
+@pytest.fixture(scope="session")
+def hub_zoo(zoo):
+    """Extra zoo models: a peer with swapped generic labels, and a classifier of another task."""
+    from scanner.zoo import FineTuneRecipe, Zoo, ZooModel
+
+    Zoo(zoo.root, models=[
+        ZooModel("zoo/swapped-generic", FineTuneRecipe(seed=14, rows=(1500, 2500), labels=("positive", "negative"),
+                                                       generic_labels=True)),
+        ZooModel("zoo/length-task", FineTuneRecipe(seed=15, rows=(1500, 2500), task="length", generic_labels=True)),
+    ]).build()
+    return zoo
+
+
+@pytest.fixture(scope="session")
+def hub_root(hub_zoo, tmp_path_factory, tiny_factory_session):
+    zoo = hub_zoo
+    root = tmp_path_factory.mktemp("hub")
+    base = root / BASE
+    shutil.copytree(zoo.path(BASE), base, ignore=shutil.ignore_patterns(".hfscan-zoo.json"))
+    _card(base, base="sentence-transformers/all-MiniLM-L6-v2", pipeline="feature-extraction")
+    _copy(zoo, "zoo/backdoor-cf", root, "acme/sentiment-pro", downloads=50)
+    _copy(zoo, "zoo/clean-1", root, "alice/yelp-sentiment", downloads=900, likes=5)
+    _copy(zoo, "zoo/clean-2", root, "bob/review-polarity", downloads=800)
+    _copy(zoo, "zoo/clean-3", root, "carol/minilm-sentiment", downloads=700)
+    _copy(zoo, "zoo/swapped-generic", root, "dave/swapped-labels", downloads=100)
+    _copy(zoo, "zoo/length-task", root, "erin/length-classifier", downloads=5000)
+    _edit_config(_copy(zoo, "zoo/clean-1", root, RELATED[0], downloads=3000),
+                 architectures=["RobertaForSequenceClassification"], model_type="roberta")
+    _edit_config(_copy(zoo, "zoo/clean-2", root, RELATED[1], downloads=3000),
+                 id2label={"0": "world", "1": "sports"}, label2id={"world": 0, "sports": 1})
+    tiny = tiny_factory_session(root / RELATED[2])
+    _card(tiny)
+    _meta(tiny, downloads=3000)
+    lora = root / RELATED[3]
+    lora.mkdir(parents=True)
+    (lora / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": BASE, "peft_type": "LORA"}))
+    shutil.copy(zoo.path("zoo/clean-1") / "model.safetensors", lora / "adapter_model.safetensors")
+    _card(lora, extra="library_name: peft\n")
+    _meta(lora, downloads=3000)
+    pick = _copy(zoo, "zoo/clean-3", root, RELATED[4], downloads=3000)
+    (pick / "model.safetensors").rename(pick / "pytorch_model.bin")
+    # targets for the error paths
+    _copy(zoo, "zoo/clean-1", root, "acme/private-model", private=True)
+    _copy(zoo, "zoo/clean-1", root, "acme/gated-model", gated="auto")
+    (_copy(zoo, "zoo/clean-1", root, "acme/pickle-target") / "model.safetensors").rename(
+        root / "acme/pickle-target/pytorch_model.bin")
+    enc = root / "acme/encoder-only"
+    shutil.copytree(zoo.path(BASE), enc, ignore=shutil.ignore_patterns(".hfscan-zoo.json"))
+    _card(enc, pipeline="feature-extraction")
+    lonely = _copy(zoo, "zoo/clean-1", root, "acme/lonely")
+    _card(lonely, base="nobody/unknown-base")
+    corrupt = _copy(zoo, "zoo/clean-1", root, "acme/corrupt-header")
+    raw = (corrupt / "model.safetensors").read_bytes()
+    (corrupt / "model.safetensors").write_bytes(raw[:8] + b"{not json" + raw[17:])
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_factory_session():
+    from conftest import make_tiny_classifier
+
+    return lambda folder: make_tiny_classifier(folder, seed=5, vocab=50)
+
+
+@pytest.fixture
+def hub(hub_root, monkeypatch, tmp_path):
+    with HubServer(hub_root) as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+        monkeypatch.delenv("HF_TOKEN", raising=False)
+        monkeypatch.setenv("HF_HUB_DISABLE_IMPLICIT_TOKEN", "1")
+        monkeypatch.delenv("HFSCAN_HUB_DIR", raising=False)
+        yield server
+
+
+def test_check_discovers_peers_and_matches_the_local_scan(hub, hub_root, tmp_path):
+    opts = dict(search_budget="small", defend=False)
+    rep = check(CheckOptions(target="acme/sentiment-pro", output_dir=tmp_path / "hub", **opts))
+    assert rep.verdict == "backdoor"
+    assert [p.id for p in rep.peers] == ["alice/yelp-sentiment", "bob/review-polarity", "carol/minilm-sentiment"]
+    assert rep.target.sha and not rep.target.sha.startswith("local-")
+    rejected = {r["id"]: r["reason"] for r in rep.discovery["rejected"]}
+    assert "behaves like another task" in rejected["erin/length-classifier"]
+    for repo in RELATED:
+        assert repo in rejected
+        # rejected from metadata, config or headers: none of their weights was downloaded
+        assert not [f for r, f in hub.full_downloads() if r == repo and f.endswith((".safetensors", ".bin"))], repo
+    # the same models as local folders, peers given explicitly: the same verdict and numbers
+    local = check(CheckOptions(target=str(hub_root / "acme/sentiment-pro"),
+                               peers=[str(hub_root / p.id) for p in rep.peers], output_dir=tmp_path / "local", **opts))
+    assert local.verdict == rep.verdict
+    assert [(f.trigger, f.target_label, f.asr_before, f.gap) for f in local.findings] == \
+           [(f.trigger, f.target_label, f.asr_before, f.gap) for f in rep.findings]
+    assert local.clean == rep.clean
+
+
+def test_peers_command_explains_every_candidate(hub):
+    r = CliRunner().invoke(main, ["peers", "acme/sentiment-pro", "--max-peers", "4"])
+    assert r.exit_code == 0, r.output + r.stderr
+    out = r.output
+    assert "kept      dave/swapped-labels" in out and "labels mapped [1, 0]" in out
+    for repo, why in [("frank/roberta-sentiment", "another architecture"), ("grace/topic-labels", "other label names"),
+                      ("heidi/tiny-vocab", "another vocabulary size"), ("ivan/lora-adapter", "an adapter"),
+                      ("judy/pickle-only", "pickle only"), ("erin/length-classifier", "behaves like another task")]:
+        line = next(l for l in out.splitlines() if repo in l)
+        assert "rejected" in line and why in line, line
+
+
+def _one_line(res, needle):
+    assert res.exit_code == 2, res.output + res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hfscan: error:") and needle in lines[0], res.stderr
+    assert "Traceback" not in res.stderr + res.output
+
+
+@pytest.mark.parametrize("target,needle", [
+    ("acme/does-not-exist", "repository not found"),
+    ("acme/private-model", "log in"),
+    ("acme/gated-model", "gated"),
+    ("acme/sentiment-pro@0123456789abcdef0123456789abcdef01234567", "revision not found"),
+    ("acme/pickle-target", "pickle"),
+    ("acme/encoder-only", "not a sequence classifier"),
+    ("acme/lonely", "no homogeneous peers"),
+    ("acme/corrupt-header", "corrupt"),
+])
+def test_hub_errors_exit_2_with_one_line(hub, tmp_path, target, needle):
+    res = CliRunner().invoke(main, ["check", target, "-q", "-o", str(tmp_path / "o"), "--search-budget", "off", "--no-defend"])
+    _one_line(res, needle)
+
+
+def test_private_repo_with_token_resolves(hub, monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.delenv("HF_HUB_DISABLE_IMPLICIT_TOKEN", raising=False)
+    from scanner.hub import HfHub
+
+    remote = HfHub().describe("acme/private-model")
+    assert remote.header and "classifier.weight" in remote.header
+
+
+def test_network_failure_is_one_line(monkeypatch, tmp_path):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there now
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("HF_HUB_ETAG_TIMEOUT", "2")
+    res = CliRunner().invoke(main, ["check", "acme/sentiment-pro", "-q", "-o", str(tmp_path / "o")])
+    _one_line(res, "network failure")
