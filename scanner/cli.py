@@ -270,9 +270,8 @@ def demo(hub_dir, output, rebuild):
     hub = Path(hub_dir) if hub_dir else zoo.default_cache_dir() / "demo-hub"
     click.echo(f"· demo hub: {hub} (real MiniLM-L6 layers, fine-tuned on Yelp review sentences)", err=True)
     repos = zoo.build_demo_hub(hub, rebuild=rebuild, log=lambda s: click.echo(f"· {s}", err=True))
-    opts = CheckOptions(target=repos["target"], peers=repos["peers"], output_dir=output, hub_dir=str(hub))
-    click.echo(f"· hfscan check {repos['target']} " + " ".join(f"--peer {p}" for p in repos["peers"])
-               + f" --hub-dir {hub}", err=True)
+    opts = CheckOptions(target=repos["target"], output_dir=output, hub_dir=str(hub))
+    click.echo(f"· hfscan check {repos['target']} --hub-dir {hub}   (peers are discovered)", err=True)
     report = run_check(opts, log=_logger())
     written = write_reports(report, output, ["json", "md"])
     click.echo(summary_table(report))

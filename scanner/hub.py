@@ -285,6 +285,8 @@ def _hub_errors(ref: str, endpoint: str):
 
         try:
             yield
+        except e.HFValidationError:
+            raise ModelNotFoundError(f"{ref!r} is neither a model folder nor a valid Hub model id (org/name)") from None
         except e.GatedRepoError:
             raise HfscanError(f"{ref} is gated: accept its conditions on the Hub, then log in "
                               "(`hf auth login` or HF_TOKEN)") from None
