@@ -30,7 +30,7 @@ from .probe import data as probe_data
 from .probe.classifier import Classifier
 from .probe.metrics import accuracy, agreement
 from .probe.candidates import gather
-from .probe.scan import ProbeResult, probe_model, remeasure
+from .probe.scan import ProbeResult, align_peers, probe_model, remeasure
 from .probe.search import SearchBudget
 from .probe.verdict import NONE, Thresholds, assess
 from .report import CleanMetrics, Defense, FindingRecord, ModelInfo, PeerRecord, ProbeInfo, ScanReport
@@ -115,6 +115,14 @@ def check(opts: CheckOptions, log: Callable[[str], None] = lambda s: None) -> Sc
         for r in res.results:
             r.label = inv[r.label]
         peer_probes.append(res)
+    # peers are compared at the target's most effective position; for the null, each peer's strong
+    # results are compared with the other peers at that peer's position, the same way
+    thr = opts.thresholds.suspicious_asr
+    align_peers(target_probe, peer_probes, peer_clfs, perms, texts, threshold=thr)
+    for i, res in enumerate(peer_probes):
+        others = [j for j in range(len(peers)) if j != i]
+        align_peers(res, [peer_probes[j] for j in others], [peer_clfs[j] for j in others],
+                    [perms[j] for j in others], texts, threshold=thr)
     verdict, findings, null = assess(target_probe, peer_probes, opts.thresholds)
     log(f"verdict: {verdict}")
 

@@ -115,3 +115,29 @@ def remeasure(clf, texts: list[str], reference: TriggerResult, clean_pred: torch
     asr, n = attack_success_rate(clf, texts, clean_pred, reference.trigger, reference.label, reference.position,
                                  limit=full)
     return TriggerResult(reference.trigger, reference.label, reference.position, asr, n)
+
+
+def align_peers(target: ProbeResult, peers: list[ProbeResult], peer_clfs: list, perms: list[list[int]],
+                texts: list[str], threshold: float = 0.5, full: int | None = 160) -> int:
+    """Measure the peers at the target's most effective position for every strong target result.
+
+    A peer screened at a random position, or measured best elsewhere, is not a fair reference for a
+    trigger that the target answers at the start: the peer is re-measured there and keeps the
+    larger of its two ASRs (the conservative choice: a larger peer ASR means a smaller gap).
+    Peer results are in the target's label ids; ``perms[i][t]`` is peer i's id for target label t.
+    Returns the number of re-measurements.
+    """
+    n = 0
+    for r in target.results:
+        if r.asr < threshold or r.screened_only:
+            continue
+        for peer, clf, perm in zip(peers, peer_clfs, perms):
+            pr = peer.lookup(r.trigger.text, r.label)
+            if pr is None or (not pr.screened_only and pr.position == r.position):
+                continue
+            probe = TriggerResult(r.trigger, perm[r.label], r.position, 0.0, 0)
+            m = remeasure(clf, texts, probe, peer.clean_pred, full)
+            n += 1
+            if pr.screened_only or m.asr > pr.asr:
+                pr.asr, pr.n, pr.position, pr.screened_only = m.asr, m.n, m.position, False
+    return n
