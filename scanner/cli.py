@@ -280,5 +280,47 @@ def demo(hub_dir, output, rebuild):
     # The demo succeeded when it ran; its verdict is shown above (`check` exits with the verdict).
 
 
+@main.command()
+@click.argument("orgs", nargs=-1)
+@click.option("--models", "models_file", type=click.Path(exists=True), help="A file of model ids, one per line.")
+@click.option("--pipeline-tag", default="text-classification", show_default=True,
+              help="Scan only models of this task; others get a 'skipped' row.")
+@click.option("--limit", type=int, help="Scan at most this many models.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("hfscan-audit"), show_default=True)
+@click.option("--hub-dir", envvar="HFSCAN_HUB_DIR", help="A local hub folder (ORG/NAME/ repos).")
+@click.option("--cache", "cache_path", type=click.Path(path_type=Path),
+              help="SQLite results cache (default: ~/.cache/hfscan/audit-cache.sqlite).")
+@click.option("--refresh", is_flag=True, help="Rescan even models whose commit is cached.")
+@click.option("--shard", default="1/1", show_default=True, help="Scan only slice i of n (stable by repo id).")
+@click.option("--keep-downloads", is_flag=True, help="Keep downloaded weights after each model.")
+@click.option("--search-budget", type=click.Choice(["off", "small", "default", "large"]), default="small",
+              show_default=True)
+@click.option("--no-defend", is_flag=True, help="Do not build defended variants.")
+@guarded
+def audit(orgs, models_file, pipeline_tag, limit, output, hub_dir, cache_path, refresh, shard, keep_downloads,
+          search_budget, no_defend):
+    """Scan every model of ORGS (or --models FILE), cached by commit.
+
+    `hfscan audit merge RESULT.json... -o DIR` combines shard results into one report.
+    """
+    from .audit import AuditOptions, merge_audits, parse_shard, run_audit
+
+    if orgs and orgs[0] == "merge":
+        if len(orgs) < 2:
+            raise click.UsageError("audit merge needs at least one audit.json")
+        report = merge_audits([Path(p) for p in orgs[1:]], output)
+    else:
+        if not orgs and not models_file:
+            raise click.UsageError("give at least one ORG or --models FILE")
+        opts = AuditOptions(orgs=list(orgs), models_file=models_file, pipeline_tag=pipeline_tag or None, limit=limit,
+                            output_dir=output, hub_dir=hub_dir, cache=cache_path, refresh=refresh,
+                            shard=parse_shard(shard), keep_downloads=keep_downloads, search_budget=search_budget,
+                            defend=not no_defend)
+        report = run_audit(opts, log=_logger())
+    click.echo(" ".join(f"{v} {k}" for k, v in report.counts.items()) + f" ({len(report.rows)} models)")
+    click.echo(f"report: {output / 'audit.md'}")
+    sys.exit(report.exit_code)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -189,11 +189,15 @@ class LocalHub:
         rel = card.get("base_model_relation") or "finetune"
         for b in ([base] if isinstance(base, str) else (base or [])):
             tags.append(f"base_model:{rel}:{b}")
-        remote = RemoteModel(repo_id, sha="", revision=rev or None, files=files, card=card, tags=tags,
-                             pipeline_tag=card.get("pipeline_tag"))
+        digest = hashlib.sha256()
+        for f in files:
+            st = (path / f).stat()
+            digest.update(f"{f}:{st.st_size}:{st.st_mtime_ns};".encode())
+        remote = RemoteModel(repo_id, sha="local-" + digest.hexdigest()[:16], revision=rev or None, files=files,
+                             card=card, tags=tags, pipeline_tag=card.get("pipeline_tag"))
         if headers:
             model = resolve_folder(path, ref=repo_id, repo_id=repo_id)
-            remote.sha, remote.config, remote.header = model.sha, model.config, model.header
+            remote.config, remote.header = model.config, model.header
         return remote
 
     def load_config(self, remote: "RemoteModel") -> dict:
@@ -211,6 +215,9 @@ class LocalHub:
 
     def fetch(self, remote: "RemoteModel") -> ResolvedModel:
         return self.resolve(remote.repo_id)
+
+    def list_author(self, author: str, pipeline_tag: str | None = None) -> list[str]:
+        return [m for m in self.list_models() if m.split("/")[0] == author]
 
     def list_finetunes(self, base: str, pipeline_tag: str | None = "text-classification", limit: int = 50
                        ) -> list["RemoteModel"]:
@@ -394,6 +401,10 @@ class HfHub:
                                      endpoint=self.endpoint, cache_dir=self.cache_dir)
         return resolve_folder(Path(path), ref=remote.repo_id, repo_id=remote.repo_id, revision=remote.revision,
                               sha=remote.sha)
+
+    def list_author(self, author: str, pipeline_tag: str | None = None, limit: int = 10_000) -> list[str]:
+        with _hub_errors(author, self.endpoint):
+            return [m.id for m in self.api.list_models(author=author, pipeline_tag=pipeline_tag, limit=limit)]
 
     def list_finetunes(self, base: str, pipeline_tag: str | None = "text-classification", limit: int = 50
                        ) -> list[RemoteModel]:

@@ -134,9 +134,11 @@ def check(opts: CheckOptions, log: Callable[[str], None] = lambda s: None) -> Sc
         out = Path(opts.output_dir) / "defended"
         head_perms = {i: p for i, p in enumerate(perms)}
         if opts.method == "auto":
+            # with no finding there is nothing to minimise: the paper's WAG (see defend.py)
             objective = [f.result for f in findings]
-            objective += [r for r in target_probe.results
-                          if r.trigger.source == "library" and r.asr >= 0.3 and r not in objective]
+            if findings:
+                objective += [r for r in target_probe.results
+                              if r.trigger.source == "library" and r.asr >= 0.3 and r not in objective]
             objective = objective[:6]
             floors = [statistics.median(x.asr for peer in peer_probes if (x := peer.lookup(r.trigger.text, r.label)))
                       if peer_probes else 0.0 for r in objective]
@@ -240,16 +242,22 @@ def hub_for(target: str, hub_dir: str | None):
     """The hub a reference lives on: ``None`` for a local folder, a LocalHub, or the Hub."""
     from .hub import HfHub, LocalHub
 
-    if Path(target).expanduser().is_dir():
-        return None
+    if Path(target).expanduser().is_dir() or not looks_like_repo_id(target):
+        return None  # a folder (or a path that does not exist: resolve() says so)
     hub_dir = hub_dir or os.environ.get("HFSCAN_HUB_DIR")
     if hub_dir:
         return LocalHub(hub_dir)
     return HfHub()
 
 
+def looks_like_repo_id(ref: str) -> bool:
+    """``org/name`` or ``org/name@rev``; paths (``/x``, ``./x``, ``~/x``, ``a/b/c``) are not."""
+    name = ref.partition("@")[0]
+    return name.count("/") == 1 and not name.startswith((".", "/", "~")) and all(name.split("/"))
+
+
 def _resolve_peer(ref: str, hub, hub_dir: str | None) -> ResolvedModel:
-    if hub is None or Path(ref).expanduser().is_dir():
+    if hub is None or Path(ref).expanduser().is_dir() or not looks_like_repo_id(ref):
         return resolve(ref, hub_dir)
     return hub.fetch(hub.describe(ref))
 
