@@ -117,10 +117,17 @@ def merge_options(fn, auto: bool = False):
 @click.option("--max-peers", type=click.IntRange(1, 16), default=3, show_default=True,
               help="Peers discovered at most (when no --peer is given).")
 @click.option("--no-defend", is_flag=True, help="Probe only; do not build a defended variant.")
+@click.option("--open-pr", is_flag=True, help="Open (or update) a PR on the Hub repo with the defended weights "
+                                                "and the report (dry run without --yes).")
+@click.option("--pr-mode", type=click.Choice(["variant", "report-only"]), default="variant", show_default=True)
+@click.option("--push-variant", metavar="REPO_ID", help="Upload the defended variant to this Hub repo (dry run "
+                                                         "without --yes).")
+@click.option("--yes", is_flag=True, help="Really send what --open-pr / --push-variant would (or HFSCAN_PUBLISH=1).")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the verdict line.")
 @guarded
 def check(target, peers, output, formats, sarif_root, hub_dir, probe_data, search_budget, method, base, weights,
-          density, lam, seed, max_clean_drop, defense_budget, max_peers, no_defend, quiet):
+          density, lam, seed, max_clean_drop, defense_budget, max_peers, no_defend, open_pr, pr_mode, push_variant,
+          yes, quiet):
     """Probe TARGET for backdoor triggers, merge it with its peers, re-probe, report.
 
     Exit code 0: no trigger found; 1: backdoor or suspicious; 2: error.
@@ -139,6 +146,8 @@ def check(target, peers, output, formats, sarif_root, hub_dir, probe_data, searc
                         defend=not no_defend, search_budget=search_budget, max_clean_drop=max_clean_drop,
                         defense_budget=defense_budget, max_peers=max_peers)
     report = run_check(opts, log=log)
+    if open_pr or push_variant:
+        report.publish = _publish(report, target, hub_dir, open_pr, pr_mode, push_variant, yes, log)
     written = write_reports(report, output, fmts, _sarif_root(target, sarif_root))
     if not quiet:
         click.echo(summary_table(report))
@@ -147,6 +156,34 @@ def check(target, peers, output, formats, sarif_root, hub_dir, probe_data, searc
     else:
         click.echo(f"{report.target.id}: {report.verdict}")
     sys.exit(report.exit_code)
+
+
+def _publish(report, target, hub_dir, open_pr, pr_mode, push_variant, yes, log) -> dict:
+    from dataclasses import asdict
+
+    from .hub import HfHub
+    from .pipeline import hub_for
+    from .publish import publish_pr, push_variant as push, should_send
+
+    hub = hub_for(target, hub_dir)
+    if not isinstance(hub, HfHub):
+        raise HfscanError("--open-pr and --push-variant need a model on the Hub (org/name), not a folder")
+    send = should_send(yes)
+    defended = Path(report.defense.output_dir) if report.defense else None
+    out: dict = {}
+    if open_pr:
+        res = publish_pr(report, hub, report.target.id, Path(report.target.path), defended, pr_mode, send, log)
+        out["pr"] = {k: v for k, v in asdict(res).items() if k not in ("description",)}
+        click.echo(f"PR ({res.action}): {res.url or 'not sent'}; files: {', '.join(res.files)}")
+        if res.action == "dry-run":
+            click.echo(f"--- PR title: {res.title}\n{res.description}")
+    if push_variant:
+        if defended is None:
+            raise HfscanError("--push-variant needs a defended variant (do not use --no-defend)")
+        res = push(hub, push_variant, defended, send, log=log)
+        out["variant"] = asdict(res)
+        click.echo(f"variant ({res.action}): {res.url}")
+    return out
 
 
 def _sarif_root(target: str, given: str | None) -> str:

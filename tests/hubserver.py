@@ -47,31 +47,47 @@ def _card(folder: Path) -> dict:
 
 
 class Repo:
-    def __init__(self, root: Path, repo_id: str):
+    """A repo folder, or one of its pull requests (the main files overlaid with the PR's files)."""
+
+    def __init__(self, root: Path, repo_id: str, pr: dict | None = None):
         self.id = repo_id
         self.path = root / repo_id
+        self.pr = pr
         meta_file = self.path / ".hub.json"
         self.meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
 
     def files(self) -> list[str]:
-        return sorted(p.relative_to(self.path).as_posix() for p in self.path.rglob("*")
-                      if p.is_file() and not p.name.startswith("."))
+        main = {p.relative_to(self.path).as_posix() for p in self.path.rglob("*")
+                if p.is_file() and not p.name.startswith(".")}
+        if self.pr:
+            main = (main | set(self.pr["files"])) - set(self.pr["deleted"])
+        return sorted(main)
+
+    def read(self, f: str) -> bytes:
+        if self.pr and f in self.pr["files"]:
+            return self.pr["files"][f]
+        return (self.path / f).read_bytes()
+
+    def has(self, f: str) -> bool:
+        return f in self.files()
 
     @property
     def sha(self) -> str:
         h = hashlib.sha1()
         for f in self.files():
             h.update(f.encode())
-            h.update(hashlib.sha256((self.path / f).read_bytes()).digest())
+            h.update(hashlib.sha256(self.read(f)).digest())
         return h.hexdigest()
 
     def card(self) -> dict:
-        return _card(self.path)
+        if not self.has("README.md"):
+            return {}
+        m = re.match(r"^---\n(.*?)\n---\n", self.read("README.md").decode("utf-8"), re.S)
+        return (yaml.safe_load(m.group(1)) or {}) if m else {}
 
     def config(self) -> dict:
-        p = self.path / "config.json"
         try:
-            return json.loads(p.read_text()) if p.exists() else {}
+            return json.loads(self.read("config.json")) if self.has("config.json") else {}
         except json.JSONDecodeError:
             return {}
 
@@ -159,11 +175,21 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         return repo
 
-    def _check_rev(self, repo: Repo, rev: str, head: bool = False) -> bool:
+    def _at(self, repo: Repo, rev: str, head: bool = False) -> Repo | None:
+        """The repo at a revision: main, a pull request (refs/pr/N) or a commit sha of either."""
         if rev in ("main", repo.sha) or (len(rev) >= 7 and repo.sha.startswith(rev)):
-            return True
+            return repo
+        prs = self.server.prs.get(repo.id, [])
+        m = re.fullmatch(r"refs/pr/(\d+)", rev)
+        for pr in prs:
+            view = Repo(self.server.root, repo.id, pr)
+            if (m and int(m.group(1)) == pr["num"]) or rev == view.sha:
+                return view
         self._error(404, "RevisionNotFound", f"Invalid rev id: {rev}", head)
-        return False
+        return None
+
+    def _check_rev(self, repo: Repo, rev: str, head: bool = False) -> bool:
+        return self._at(repo, rev, head) is not None
 
     # -- routes ---------------------------------------------------------------------------------
     def do_HEAD(self):
@@ -174,7 +200,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _route(self, head: bool):
         url = urlparse(self.path)
-        path = unquote(url.path)
+        # a revision like refs/pr/1 arrives percent-encoded: keep it one path segment
+        path = unquote(re.sub(r"refs%2Fpr%2F", "refs\x00pr\x00", url.path, flags=re.I)).replace("/", "/")
         self.server.log.append((self.command, path, self.headers.get("Range")))
         q = parse_qs(url.query)
         if path == "/api/models":
@@ -184,22 +211,37 @@ class _Handler(BaseHTTPRequestHandler):
             repo = self._repo(m.group(1), head)
             if repo is None:
                 return
-            if repo.meta.get("gated") and not self._authorized(repo):
-                pass  # model_info of a gated repo is public; files are not
-            if m.group(2) and not self._check_rev(repo, m.group(2), head):
-                return
+            if m.group(2):  # model_info of a gated repo is public; its files are not
+                repo = self._at(repo, m.group(2).replace("\x00", "/"), head)
+                if repo is None:
+                    return
             return self._json(200, repo.info(q.get("expand") or q.get("expand[]")), head)
+        m = re.fullmatch(r"/api/models/([^/]+/[^/]+)/discussions(?:/(\d+))?", path)
+        if m:
+            repo = self._repo(m.group(1), head)
+            if repo is None:
+                return
+            prs = self.server.prs.get(repo.id, [])
+            if m.group(2):
+                pr = next((p for p in prs if p["num"] == int(m.group(2))), None)
+                if pr is None:
+                    return self._error(404, "EntryNotFound", "no such discussion", head)
+                return self._json(200, self._discussion(repo, pr, details=True), head)
+            items = [self._discussion(repo, p) for p in prs]
+            if (q.get("status") or ["all"])[0] == "open":
+                items = [d for d in items if d["status"] == "open"]
+            return self._json(200, {"discussions": items, "count": len(items), "start": 0,
+                                    "numItemsPerPage": 50}, head)
         m = re.fullmatch(r"/api/models/([^/]+/[^/]+)/tree/([^/]+)(?:/(.*))?", path)
         if m:
             repo = self._repo(m.group(1), head)
             if repo is None or not self._check_rev(repo, m.group(2), head):
                 return
-            return self._json(200, [{"type": "file", "path": f, "size": (repo.path / f).stat().st_size,
-                                     "oid": hashlib.sha1((repo.path / f).read_bytes()).hexdigest()}
-                                    for f in repo.files()], head)
+            return self._json(200, [{"type": "file", "path": f, "size": len(repo.read(f)),
+                                     "oid": hashlib.sha1(repo.read(f)).hexdigest()} for f in repo.files()], head)
         m = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
         if m:
-            return self._file(m.group(1), m.group(2), m.group(3), head)
+            return self._file(m.group(1), m.group(2).replace("\x00", "/"), m.group(3), head)
         self._error(404, "EntryNotFound", f"no route {path}", head)
 
     def _list(self, q: dict, head: bool):
@@ -224,16 +266,18 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _file(self, repo_id: str, rev: str, fname: str, head: bool):
         repo = self._repo(repo_id, head)
-        if repo is None or not self._check_rev(repo, rev, head):
+        if repo is None:
+            return
+        repo = self._at(repo, rev, head)
+        if repo is None:
             return
         if repo.meta.get("gated") and not self._authorized(repo):
             return self._error(401, "GatedRepo", "Access to this model is restricted", head)
         if fname in repo.meta.get("missing", []):
             return self._error(404, "EntryNotFound", f"{fname} does not exist", head)
-        fpath = repo.path / fname
-        if not fpath.is_file() or fname.startswith("."):
+        if not repo.has(fname) or fname.startswith("."):
             return self._error(404, "EntryNotFound", f"{fname} does not exist", head)
-        data = fpath.read_bytes()
+        data = repo.read(fname)
         etag = '"' + hashlib.sha256(data).hexdigest() + '"'
         headers = {"X-Repo-Commit": repo.sha, "ETag": etag, "Accept-Ranges": "bytes",
                    "Content-Type": "application/octet-stream"}
@@ -253,6 +297,112 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, data, headers)
 
 
+class _Writer:
+    """POST routes: repo creation, preupload, commits (to main, to a PR, or opening a PR), comments."""
+
+    @staticmethod
+    def handle(h: _Handler):
+        url = urlparse(h.path)
+        path = unquote(re.sub(r"refs%2Fpr%2F", "refs\x00pr\x00", url.path, flags=re.I))
+        q = parse_qs(url.query)
+        body = h.rfile.read(int(h.headers.get("Content-Length") or 0))
+        h.server.log.append(("POST", path, None))
+        if path == "/api/validate-yaml":  # the client checks a card's YAML before committing it
+            return h._json(200, {"errors": [], "warnings": []})
+        if h.headers.get("Authorization", "") != f"Bearer {TOKEN}":
+            return h._error(401, "Unauthorized", "Invalid credentials in Authorization header")
+        root: Path = h.server.root
+        if path == "/api/repos/create":
+            d = json.loads(body)
+            repo_id = f"{d['organization']}/{d['name']}" if d.get("organization") else d["name"]
+            if "/" not in repo_id:
+                repo_id = f"hfscan-bot/{repo_id}"
+            if (root / repo_id).exists():
+                return h._error(409, "RepoExists", "You already created this model repo")
+            (root / repo_id).mkdir(parents=True)
+            (root / repo_id / ".hub.json").write_text(json.dumps({"private": bool(d.get("private"))}))
+            return h._json(200, {"url": f"{h.server.server_url}/{repo_id}", "name": repo_id})
+        m = re.fullmatch(r"/api/models/([^/]+/[^/]+)/preupload/([^/]+)", path)
+        if m:
+            files = json.loads(body)["files"]
+            return h._json(200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
+                                           for f in files]})
+        m = re.fullmatch(r"/api/models/([^/]+/[^/]+)/commit/([^/]+)", path)
+        if m:
+            return _Writer.commit(h, m.group(1), m.group(2).replace("\x00", "/"), body, q.get("create_pr") == ["1"])
+        m = re.fullmatch(r"/api/models/([^/]+/[^/]+)/discussions/(\d+)/comment", path)
+        if m:
+            pr = next((p for p in h.server.prs.get(m.group(1), []) if p["num"] == int(m.group(2))), None)
+            if pr is None:
+                return h._error(404, "EntryNotFound", "no such discussion")
+            pr["comments"].append(json.loads(body)["comment"])
+            return h._json(200, {"newMessage": _event(len(pr["comments"]), pr["comments"][-1])})
+        h._error(404, "EntryNotFound", f"no route {path}")
+
+    @staticmethod
+    def commit(h: _Handler, repo_id: str, rev: str, body: bytes, create_pr: bool):
+        import base64
+
+        repo = h._repo(repo_id)
+        if repo is None:
+            return
+        lines = [json.loads(l) for l in body.decode().splitlines() if l.strip()]
+        header = next(l["value"] for l in lines if l["key"] == "header")
+        adds = {l["value"]["path"]: base64.b64decode(l["value"]["content"]) for l in lines if l["key"] == "file"}
+        dels = [l["value"]["path"] for l in lines if l["key"] in ("deletedFile", "deletedFolder")]
+        if any(l["key"] == "lfsFile" for l in lines):
+            return h._error(400, "BadRequest", "this test server takes regular uploads only")
+        prs = h.server.prs.setdefault(repo_id, [])
+        if create_pr:
+            pr = {"num": len(prs) + 1, "title": header["summary"], "description": header.get("description", ""),
+                  "files": {}, "deleted": [], "status": "open", "comments": [header.get("description", "")],
+                  "author": "hfscan-bot", "parent": repo.sha}
+            prs.append(pr)
+        elif rev.startswith("refs/pr/"):
+            pr = next((p for p in prs if p["num"] == int(rev.rsplit("/", 1)[1])), None)
+            if pr is None:
+                return h._error(404, "RevisionNotFound", f"Invalid rev id: {rev}")
+        else:
+            pr = None
+        if pr is not None:
+            pr["files"].update(adds)
+            pr["deleted"] = [d for d in pr["deleted"] + dels if d not in adds]
+            view = Repo(h.server.root, repo_id, pr)
+            sha = view.sha
+            url = f"{h.server.server_url}/{repo_id}/discussions/{pr['num']}"
+        else:
+            for f, data in adds.items():
+                (repo.path / f).parent.mkdir(parents=True, exist_ok=True)
+                (repo.path / f).write_bytes(data)
+            for f in dels:
+                (repo.path / f).unlink(missing_ok=True)
+            sha = Repo(h.server.root, repo_id).sha
+            url = None
+        h.server.commits.append((repo_id, rev, create_pr, sorted(adds)))
+        return h._json(200, {"commitUrl": f"{h.server.server_url}/{repo_id}/commit/{sha}", "commitOid": sha,
+                             "pullRequestUrl": url})
+
+
+def _event(i: int, text: str) -> dict:
+    return {"id": f"evt{i}", "type": "comment", "createdAt": "2026-01-01T00:00:00.000Z",
+            "author": {"name": "hfscan-bot"},
+            "data": {"edited": False, "hidden": False, "latest": {"raw": text, "html": text}, "numEdits": 0}}
+
+
+def _discussion(self, repo: Repo, pr: dict, details: bool = False) -> dict:
+    d = {"num": pr["num"], "title": pr["title"], "status": pr["status"], "isPullRequest": True,
+         "createdAt": "2026-01-01T00:00:00.000Z", "author": {"name": pr["author"]},
+         "repo": {"name": repo.id, "type": "model"}, "numComments": len(pr["comments"])}
+    if details:
+        d.update({"events": [_event(i, c) for i, c in enumerate(pr["comments"])],
+                  "changes": {"base": "refs/heads/main"}, "filesWithConflicts": [], "diff": ""})
+    return d
+
+
+_Handler._discussion = _discussion
+_Handler.do_POST = lambda self: _Writer.handle(self)
+
+
 class HubServer:
     """Serve ``root`` on a free loopback port for the duration of a ``with`` block."""
 
@@ -261,12 +411,18 @@ class HubServer:
         root: Path
         log: list
         downloads: list
+        prs: dict
+        commits: list
+        server_url: str
 
     def __init__(self, root: Path):
         self.httpd = self._Server(("127.0.0.1", 0), _Handler)
         self.httpd.root = Path(root)
         self.httpd.log = []
         self.httpd.downloads = []
+        self.httpd.prs = {}
+        self.httpd.commits = []
+        self.httpd.server_url = self.url
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     @property
@@ -276,6 +432,10 @@ class HubServer:
     @property
     def log(self) -> list:
         return self.httpd.log
+
+    @property
+    def prs(self) -> dict:
+        return self.httpd.prs
 
     def full_downloads(self) -> list[tuple[str, str]]:
         """(repo, file) for every whole-file GET (HEADs and range reads are not downloads)."""

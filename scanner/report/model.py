@@ -15,6 +15,7 @@ Schema 1 (``report.json``)::
                      worst_asr, clean, clean_drop, within_bound, ...}]}
     peers           [{id, sha, label_permutation, best_asr, best_trigger, agreement}]
     discovery       {base, tried, kept, rejected: [{id, reason}]} or null (peers given explicitly)
+    publish         {pr: {action, url, num, files}, variant: {action, url, files}} or null
     probe           {set, n, provenance, candidates, positions, limitations, null_gaps}
     duration_s      seconds
     exit_code       0 no trigger found, 1 backdoor or suspicious
@@ -117,6 +118,7 @@ class ScanReport:
     duration_s: float
     tool: dict = field(default_factory=dict)
     discovery: dict | None = None  # {base, tried, kept: [ids], rejected: [{id, reason}]} when peers were discovered
+    publish: dict | None = None  # {pr: {action, url, num, files}, variant: {...}} when asked to publish
     schema_version: str = SCHEMA_VERSION
 
     @property

@@ -1,0 +1,163 @@
+"""Publish: a PR on the model repo that carries the defended variant and the report, once per commit.
+
+Like the Hub's safetensors-conversion bot, the PR replaces the target's safetensors weights with
+the defended ones under the *same file names* (and index), leaves config and tokenizer untouched,
+and adds the hfscan section to the model card, so that
+``from_pretrained(repo, revision="refs/pr/N")`` loads the defended model and merging the PR adopts it.
+``mode="report-only"`` changes only the card.
+
+Never twice: before opening, the repo's open PRs are read for an hfscan marker
+(``<!-- hfscan:pr target=REPO -->``). If one is open, it is **updated** instead (a commit to
+``refs/pr/N`` and a comment saying which commit was rescanned): one open hfscan PR per repo, whatever
+the number of scans or commits.
+
+Everything is a dry run unless ``send=True`` (``--yes`` or ``HFSCAN_PUBLISH=1``): the plan is
+printed instead. Tokens come from ``HF_TOKEN`` / the huggingface_hub login and ``GITHUB_TOKEN``;
+they are never printed or written.
+
+Example:
+    >>> publish_pr(report, remote, Path("hfscan-report/defended"), send=False)
+    PublishResult(action='dry-run', ...)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import HfscanError
+from .report.card import upsert_section
+from .report.model import ScanReport
+from .report.render import environment, render
+from .weights import SAFE_INDEX, SAFE_SINGLE, StreamingShardWriter, WeightSet
+
+MARKER = "<!-- hfscan:pr target={repo} -->"
+
+
+@dataclass
+class PublishResult:
+    action: str  # dry-run | opened | updated
+    url: str | None = None
+    num: int | None = None
+    files: list[str] = field(default_factory=list)
+    title: str = ""
+    description: str = ""
+
+
+def pr_title(report: ScanReport) -> str:
+    what = {"backdoor": "backdoor found", "suspicious": "suspicious trigger found",
+            "no_trigger_found": "no trigger found"}[report.verdict]
+    return f"hfscan: {what}" + ("; defended weights" if report.defense else "")
+
+
+def pr_description(report: ScanReport, repo_id: str, mode: str) -> str:
+    return environment().get_template("pr.md.j2").render(r=report, repo_id=repo_id, mode=mode,
+                                                         marker=MARKER.format(repo=repo_id))
+
+
+def relayout(defended: Path, target_header: dict, dest: Path) -> list[str]:
+    """Rewrite the defended weights into the target's file names and sharding, streaming."""
+    ws = WeightSet.open(defended)
+    by_file: dict[str, list[str]] = {}
+    for name, info in target_header.items():
+        by_file.setdefault(info.file, []).append(name)
+    missing = [n for n in target_header if n not in ws.header]
+    if missing:
+        raise HfscanError(f"the defended model lacks tensor {missing[0]!r} of the target")
+    written = []
+    for fname, names in by_file.items():
+        plan = [(n, ws.header[n].dtype, ws.header[n].shape) for n in names]
+        tmp = dest / f".{fname}.part"
+        with StreamingShardWriter(tmp, plan, max_shard_bytes=1 << 62) as w:
+            for n in names:
+                w.write(n, ws.get(n))
+        (tmp / SAFE_SINGLE).rename(dest / fname)
+        tmp.rmdir()
+        written.append(fname)
+    if len(by_file) > 1:
+        total = sum(i.nbytes for i in ws.header.values() if i.name in target_header)
+        index = {"metadata": {"total_size": total}, "weight_map": {n: i.file for n, i in target_header.items()}}
+        (dest / SAFE_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        written.append(SAFE_INDEX)
+    ws.close()
+    return written
+
+
+def _find_open_pr(api, repo_id: str) -> int | None:
+    marker = MARKER.format(repo=repo_id)
+    for d in api.get_repo_discussions(repo_id, discussion_type="pull_request", discussion_status="open"):
+        details = api.get_discussion_details(repo_id, d.num)
+        first = next((e for e in details.events if e.type == "comment"), None)
+        if first is not None and marker in (getattr(first, "content", "") or ""):
+            return d.num
+    return None
+
+
+def publish_pr(report: ScanReport, hub, repo_id: str, target_path: Path, defended: Path | None,
+               mode: str = "variant", send: bool = False, log=lambda s: None) -> PublishResult:
+    """Open (or update) the hfscan PR on ``repo_id``; a dry run unless ``send``."""
+    from huggingface_hub import CommitOperationAdd
+
+    if mode not in ("variant", "report-only"):
+        raise HfscanError(f"unknown PR mode {mode!r} (variant or report-only)")
+    if mode == "variant" and (defended is None or not defended.exists()):
+        raise HfscanError("no defended variant to propose (run without --no-defend, or use --pr-mode report-only)")
+    card_path = target_path / "README.md"
+    card = card_path.read_text(encoding="utf-8") if card_path.exists() else ""
+    new_card = upsert_section(card, render(report, "card"))
+    title, description = pr_title(report), pr_description(report, repo_id, mode)
+    with tempfile.TemporaryDirectory(prefix="hfscan-pr-") as tmp:
+        tmp = Path(tmp)
+        files = ["README.md"]
+        (tmp / "README.md").write_text(new_card, encoding="utf-8")
+        if mode == "variant":
+            target_header = WeightSet.open(target_path).header
+            files += relayout(defended, target_header, tmp)
+        result = PublishResult("dry-run", files=files, title=title, description=description)
+        if not send:
+            log(f"dry run: would open a PR on {repo_id} changing {', '.join(files)} (use --yes to send)")
+            return result
+        api = hub.api
+        ops = [CommitOperationAdd(path_in_repo=f, path_or_fileobj=str(tmp / f)) for f in files]
+        from .hub import _hub_errors
+
+        with _hub_errors(repo_id, hub.endpoint):
+            existing = _find_open_pr(api, repo_id)
+            if existing is not None:
+                api.create_commit(repo_id, ops, commit_message=f"hfscan: rescan at {report.target.sha}",
+                                  revision=f"refs/pr/{existing}")
+                api.comment_discussion(repo_id, existing, f"Rescanned at commit `{report.target.sha}`: "
+                                                          f"**{report.verdict.replace('_', ' ')}**. The PR now "
+                                                          "carries the new defended weights and report.")
+                result.action, result.num = "updated", existing
+            else:
+                info = api.create_commit(repo_id, ops, commit_message=title, commit_description=description,
+                                         create_pr=True, parent_commit=None)
+                result.action, result.num = "opened", info.pr_num
+        result.url = f"{hub.endpoint}/{repo_id}/discussions/{result.num}"
+        return result
+
+
+def push_variant(hub, repo_id: str, defended: Path, send: bool = False, private: bool = False,
+                 log=lambda s: None) -> PublishResult:
+    """Create ``repo_id`` if needed and upload the defended folder (card included)."""
+    files = sorted(p.name for p in defended.iterdir() if p.is_file())
+    result = PublishResult("dry-run", url=f"{hub.endpoint}/{repo_id}", files=files)
+    if not send:
+        log(f"dry run: would upload {len(files)} files to {repo_id} (use --yes to send)")
+        return result
+    from .hub import _hub_errors
+
+    with _hub_errors(repo_id, hub.endpoint):
+        hub.api.create_repo(repo_id, private=private, exist_ok=True)
+        hub.api.upload_folder(repo_id=repo_id, folder_path=str(defended),
+                              commit_message="hfscan: defended variant")
+    result.action = "opened"
+    return result
+
+
+def should_send(yes: bool) -> bool:
+    return yes or os.environ.get("HFSCAN_PUBLISH") == "1"
