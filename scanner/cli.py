@@ -122,12 +122,15 @@ def merge_options(fn, auto: bool = False):
 @click.option("--pr-mode", type=click.Choice(["variant", "report-only"]), default="variant", show_default=True)
 @click.option("--push-variant", metavar="REPO_ID", help="Upload the defended variant to this Hub repo (dry run "
                                                          "without --yes).")
-@click.option("--yes", is_flag=True, help="Really send what --open-pr / --push-variant would (or HFSCAN_PUBLISH=1).")
+@click.option("--github-issue", metavar="OWNER/REPO", help="Create or update one GitHub issue for this model "
+                                                              "(GITHUB_TOKEN; dry run without --yes).")
+@click.option("--yes", is_flag=True, help="Really send what --open-pr / --push-variant / --github-issue would "
+                                          "(or HFSCAN_PUBLISH=1).")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the verdict line.")
 @guarded
 def check(target, peers, output, formats, sarif_root, hub_dir, probe_data, search_budget, method, base, weights,
           density, lam, seed, max_clean_drop, defense_budget, max_peers, no_defend, open_pr, pr_mode, push_variant,
-          yes, quiet):
+          github_issue, yes, quiet):
     """Probe TARGET for backdoor triggers, merge it with its peers, re-probe, report.
 
     Exit code 0: no trigger found; 1: backdoor or suspicious; 2: error.
@@ -148,6 +151,17 @@ def check(target, peers, output, formats, sarif_root, hub_dir, probe_data, searc
     report = run_check(opts, log=log)
     if open_pr or push_variant:
         report.publish = _publish(report, target, hub_dir, open_pr, pr_mode, push_variant, yes, log)
+    if github_issue:
+        from dataclasses import asdict
+
+        from .publish import github_issue as gh_issue, should_send
+        from .report.render import render as render_fmt
+
+        res = gh_issue(github_issue, report.target.id, f"hfscan: {report.target.id}: {report.verdict.replace('_', ' ')}",
+                       render_fmt(report, "summary"), should_send(yes), log=log)
+        report.publish = {**(report.publish or {}), "github_issue": {k: v for k, v in asdict(res).items()
+                                                                     if k != "description"}}
+        click.echo(f"GitHub issue ({res.action}): {res.url or 'not sent'}")
     written = write_reports(report, output, fmts, _sarif_root(target, sarif_root))
     if not quiet:
         click.echo(summary_table(report))

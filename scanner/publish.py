@@ -161,3 +161,42 @@ def push_variant(hub, repo_id: str, defended: Path, send: bool = False, private:
 
 def should_send(yes: bool) -> bool:
     return yes or os.environ.get("HFSCAN_PUBLISH") == "1"
+
+
+ISSUE_MARKER = "<!-- hfscan:issue key={key} -->"
+
+
+def github_issue(repo_full_name: str, key: str, title: str, body: str, send: bool = False,
+                 base_url: str | None = None, log=lambda s: None) -> PublishResult:
+    """Create or update the one GitHub issue for ``key`` (a model id, or an audit), found by a marker.
+
+    Uses pygithub; ``GITHUB_TOKEN`` authenticates, ``GITHUB_API_URL`` (set by GitHub Actions, or a
+    GitHub Enterprise URL) selects the server.
+    """
+    marker = ISSUE_MARKER.format(key=key)
+    body = f"{marker}\n{body}"
+    result = PublishResult("dry-run", title=title, description=body)
+    if not send:
+        log(f"dry run: would create or update the hfscan issue for {key} in {repo_full_name} (use --yes to send)")
+        return result
+    from github import Auth, Github, GithubException
+
+    token = os.environ.get("GITHUB_TOKEN")
+    if not token:
+        raise HfscanError("--github-issue needs GITHUB_TOKEN in the environment")
+    base_url = base_url or os.environ.get("GITHUB_API_URL") or "https://api.github.com"
+    gh = Github(auth=Auth.Token(token), base_url=base_url)
+    try:
+        repo = gh.get_repo(repo_full_name)
+        existing = next((i for i in repo.get_issues(state="all") if marker in (i.body or "")), None)
+        if existing is not None:
+            existing.edit(title=title, body=body, state="open")
+            result.action, result.num, result.url = "updated", existing.number, existing.html_url
+        else:
+            issue = repo.create_issue(title=title, body=body)
+            result.action, result.num, result.url = "opened", issue.number, issue.html_url
+    except GithubException as e:
+        raise HfscanError(f"GitHub answered {e.status} for {repo_full_name}") from None
+    except OSError as e:
+        raise HfscanError(f"network failure talking to {base_url} ({e.__class__.__name__})") from None
+    return result

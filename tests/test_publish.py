@@ -80,3 +80,22 @@ def test_token_never_appears_in_outputs(writer, tmp_path):
     for f in tmp_path.rglob("*"):
         if f.is_file() and f.suffix in (".json", ".md", ".sarif", ".html"):
             assert TOKEN not in f.read_text(errors="ignore"), f
+
+
+def test_github_issue_twice_gives_one_issue(zoo, tmp_path, monkeypatch):
+    from githubserver import TOKEN as GH_TOKEN, GitHubServer
+
+    with GitHubServer() as gh:
+        monkeypatch.setenv("GITHUB_API_URL", gh.url)
+        monkeypatch.setenv("GITHUB_TOKEN", GH_TOKEN)
+        args = ["check", str(zoo.path("zoo/backdoor-cf")), "--peer", str(zoo.path("zoo/clean-1")), "--peer",
+                str(zoo.path("zoo/clean-2")), "--search-budget", "off", "--no-defend", "--github-issue", "acme/models",
+                "--yes"]
+        for i in range(2):
+            r = CliRunner().invoke(main, [*args, "-o", str(tmp_path / str(i))])
+            assert r.exit_code == 1, r.output + r.stderr
+            assert GH_TOKEN not in r.output + r.stderr
+        issues = gh.issues["acme/models"]
+        assert len(issues) == 1 and "backdoor" in issues[0]["title"] and "`cf`" in issues[0]["body"]
+        rep = json.loads((tmp_path / "1" / "report.json").read_text())
+        assert rep["publish"]["github_issue"]["action"] == "updated"
