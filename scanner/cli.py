@@ -347,9 +347,12 @@ def demo(hub_dir, output, rebuild):
 @click.option("--search-budget", type=click.Choice(["off", "small", "default", "large"]), default="small",
               show_default=True)
 @click.option("--no-defend", is_flag=True, help="Do not build defended variants.")
+@click.option("--github-issue", metavar="OWNER/REPO", help="Create or update one GitHub issue with the audit "
+                                                              "(GITHUB_TOKEN; dry run without --yes).")
+@click.option("--yes", is_flag=True, help="Really create/update the issue (or HFSCAN_PUBLISH=1).")
 @guarded
 def audit(orgs, models_file, pipeline_tag, limit, output, hub_dir, cache_path, refresh, shard, keep_downloads,
-          search_budget, no_defend):
+          search_budget, no_defend, github_issue, yes):
     """Scan every model of ORGS (or --models FILE), cached by commit.
 
     `hfscan audit merge RESULT.json... -o DIR` combines shard results into one report.
@@ -370,6 +373,14 @@ def audit(orgs, models_file, pipeline_tag, limit, output, hub_dir, cache_path, r
         report = run_audit(opts, log=_logger())
     click.echo(" ".join(f"{v} {k}" for k, v in report.counts.items()) + f" ({len(report.rows)} models)")
     click.echo(f"report: {output / 'audit.md'}")
+    if github_issue:
+        from .publish import github_issue as gh_issue, should_send
+
+        key = "audit:" + (",".join(report.orgs) or "models")
+        counts = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in report.counts.items())
+        res = gh_issue(github_issue, key, f"hfscan audit {','.join(report.orgs)}: {counts}",
+                       (output / "audit.md").read_text(encoding="utf-8")[:60000], should_send(yes))
+        click.echo(f"GitHub issue ({res.action}): {res.url or 'not sent'}")
     sys.exit(report.exit_code)
 
 

@@ -322,6 +322,30 @@ def _hub_errors(ref: str, endpoint: str):
     return ctx()
 
 
+RETRY_STATUS = {429, 500, 502, 503, 504}
+
+
+def with_retries(fn, *args, attempts: int = 4, base_delay: float | None = None, **kwargs):
+    """Call a huggingface_hub function, retrying 429 and 5xx answers with exponential backoff.
+
+    (huggingface_hub retries downloads itself; ``model_info`` / ``list_models`` / metadata reads
+    go through here.) ``HFSCAN_RETRY_DELAY`` sets the first delay in seconds (default 1).
+    """
+    import time
+
+    from huggingface_hub.errors import HfHubHTTPError
+
+    delay = float(os.environ.get("HFSCAN_RETRY_DELAY", "1")) if base_delay is None else base_delay
+    for attempt in range(attempts):
+        try:
+            return fn(*args, **kwargs)
+        except HfHubHTTPError as e:
+            status = getattr(getattr(e, "response", None), "status_code", None)
+            if status not in RETRY_STATUS or attempt == attempts - 1:
+                raise
+            time.sleep(delay * 2**attempt)
+
+
 class HfHub:
     """Models on the Hugging Face Hub (or any server at ``HF_ENDPOINT``), via huggingface_hub.
 
@@ -343,7 +367,7 @@ class HfHub:
     def describe(self, ref: str, headers: bool = True) -> RemoteModel:
         repo_id, _, rev = ref.partition("@")
         with _hub_errors(ref, self.endpoint):
-            info = self.api.model_info(repo_id, revision=rev or None)
+            info = with_retries(self.api.model_info, repo_id, revision=rev or None)
             card = dict(info.card_data.to_dict()) if info.card_data else {}
             remote = RemoteModel(
                 repo_id=repo_id, sha=info.sha, revision=rev or None,
@@ -384,7 +408,7 @@ class HfHub:
         """Tensor names, shapes and dtypes from range reads of the safetensors headers."""
         if remote.header is None:
             with _hub_errors(remote.repo_id, self.endpoint):
-                meta = self.api.get_safetensors_metadata(remote.repo_id, revision=remote.sha)
+                meta = with_retries(self.api.get_safetensors_metadata, remote.repo_id, revision=remote.sha)
             header = {}
             for fname, fm in meta.files_metadata.items():
                 for name, t in fm.tensors.items():
@@ -404,13 +428,15 @@ class HfHub:
 
     def list_author(self, author: str, pipeline_tag: str | None = None, limit: int = 10_000) -> list[str]:
         with _hub_errors(author, self.endpoint):
-            return [m.id for m in self.api.list_models(author=author, pipeline_tag=pipeline_tag, limit=limit)]
+            return with_retries(lambda: [m.id for m in self.api.list_models(author=author, pipeline_tag=pipeline_tag,
+                                                                            limit=limit)])
 
     def list_finetunes(self, base: str, pipeline_tag: str | None = "text-classification", limit: int = 50
                        ) -> list[RemoteModel]:
         with _hub_errors(base, self.endpoint):
-            models = list(self.api.list_models(filter=f"base_model:finetune:{base}", pipeline_tag=pipeline_tag,
-                                               sort="downloads", limit=limit, full=True, cardData=True))
+            models = with_retries(lambda: list(self.api.list_models(
+                filter=f"base_model:finetune:{base}", pipeline_tag=pipeline_tag, sort="downloads", limit=limit,
+                full=True, cardData=True)))
         out = []
         for m in models:
             card = dict(m.card_data.to_dict()) if getattr(m, "card_data", None) else {}

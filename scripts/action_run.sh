@@ -10,8 +10,7 @@ model="${INPUT_MODEL:-}"
 shown="${model//[$'\r\n']/ }"  # never let an input start a new workflow-command line
 fail_on="${INPUT_FAIL_ON:-backdoor}"
 case "$fail_on" in backdoor|suspicious|never) ;; *) fail "fail-on must be backdoor, suspicious or never" ;; esac
-[[ "${INPUT_OPEN_PR:-false}" == "false" ]] || fail "open-pr is not available in this version of hfscan"
-[[ -z "${INPUT_PUSH_VARIANT:-}" ]] || fail "push-variant is not available in this version of hfscan"
+case "${INPUT_OPEN_PR:-false}" in true|false) ;; *) fail "open-pr must be true or false" ;; esac
 out="${INPUT_OUTPUT:-hfscan-report}"
 formats="${INPUT_FORMAT:-json,md,html}"
 formats="json,sarif,summary,${formats}"
@@ -22,6 +21,12 @@ if [[ -n "${INPUT_PEERS:-}" ]]; then
     peer="${peer#"${peer%%[![:space:]]*}"}"; peer="${peer%"${peer##*[![:space:]]}"}"
     [[ -n "$peer" ]] && args+=(--peer "$peer")
   done < <(printf '%s\n' "$INPUT_PEERS" | tr ',' '\n')
+fi
+if [[ "${INPUT_OPEN_PR:-false}" == "true" ]]; then
+  args+=(--open-pr --yes)
+fi
+if [[ -n "${INPUT_PUSH_VARIANT:-}" ]]; then
+  args+=(--push-variant "$INPUT_PUSH_VARIANT" --yes)
 fi
 if [[ -n "${INPUT_EXTRA_ARGS:-}" ]]; then
   read -r -a extra <<< "$INPUT_EXTRA_ARGS"

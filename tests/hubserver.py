@@ -211,6 +211,10 @@ class _Handler(BaseHTTPRequestHandler):
             repo = self._repo(m.group(1), head)
             if repo is None:
                 return
+            flaky = self.server.flaky.setdefault(repo.id, int(repo.meta.get("flaky", 0)))
+            if flaky > 0:  # a repo that answers 503 this many times first
+                self.server.flaky[repo.id] -= 1
+                return self._error(503, "ServiceUnavailable", "try again", head)
             if m.group(2):  # model_info of a gated repo is public; its files are not
                 repo = self._at(repo, m.group(2).replace("\x00", "/"), head)
                 if repo is None:
@@ -412,6 +416,7 @@ class HubServer:
         log: list
         downloads: list
         prs: dict
+        flaky: dict
         commits: list
         server_url: str
 
@@ -421,6 +426,7 @@ class HubServer:
         self.httpd.log = []
         self.httpd.downloads = []
         self.httpd.prs = {}
+        self.httpd.flaky = {}
         self.httpd.commits = []
         self.httpd.server_url = self.url
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)

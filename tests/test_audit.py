@@ -143,3 +143,21 @@ def test_a_new_commit_rescans_only_that_model(first_run, server, audit_root):
     third = run_audit(opts(tmp / "out3", tmp / "cache.sqlite"))
     fresh = [r.repo_id for r in third.rows if r.verdict in ("backdoor", "no_trigger_found") and not r.cached]
     assert fresh == ["acme/yelp-a"]
+
+
+def test_audit_issue_is_created_once_and_updated(first_run, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from githubserver import TOKEN as GH_TOKEN, GitHubServer
+    from scanner.cli import main
+
+    _, tmp = first_run
+    with GitHubServer() as gh:
+        monkeypatch.setenv("GITHUB_API_URL", gh.url)
+        monkeypatch.setenv("GITHUB_TOKEN", GH_TOKEN)
+        for i in range(2):
+            r = CliRunner().invoke(main, ["audit", "merge", str(tmp / "out" / "audit.json"), "-o", str(tmp_path / f"m{i}"),
+                                          "--github-issue", "acme/security", "--yes"])
+            assert r.exit_code == 1, r.output + r.stderr
+        issues = gh.issues["acme/security"]
+        assert len(issues) == 1 and "1 backdoor" in issues[0]["title"] and "acme/sentiment-pro" in issues[0]["body"]

@@ -79,6 +79,7 @@ def hub_root(hub_zoo, tmp_path_factory, tiny_factory_session):
     _meta(lora, downloads=3000)
     pick = _copy(zoo, "zoo/clean-3", root, RELATED[4], downloads=3000)
     (pick / "model.safetensors").rename(pick / "pytorch_model.bin")
+    _copy(zoo, "zoo/clean-2", root, "acme/flaky-model", flaky=2)
     # targets for the error paths
     _copy(zoo, "zoo/clean-1", root, "acme/private-model", private=True)
     _copy(zoo, "zoo/clean-1", root, "acme/gated-model", gated="auto")
@@ -186,3 +187,13 @@ def test_network_failure_is_one_line(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_ETAG_TIMEOUT", "2")
     res = CliRunner().invoke(main, ["check", "acme/sentiment-pro", "-q", "-o", str(tmp_path / "o")])
     _one_line(res, "network failure")
+
+
+def test_hub_5xx_is_retried_with_backoff(hub, monkeypatch):
+    from scanner.hub import HfHub
+
+    monkeypatch.setenv("HFSCAN_RETRY_DELAY", "0.01")
+    remote = HfHub().describe("acme/flaky-model")
+    assert remote.header
+    calls = [l for l in hub.log if l[1] == "/api/models/acme/flaky-model"]
+    assert len(calls) == 3  # two 503s, then the answer

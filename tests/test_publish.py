@@ -58,6 +58,28 @@ def test_open_pr_twice_gives_one_pr_that_loads_as_the_defended_model(writer, tmp
     assert abs(asr - f["asr_after"]) < 1e-3 and asr < f["asr_before"] / 2
 
 
+def test_a_new_commit_updates_the_open_pr(writer, tmp_path, hub_root):
+    r1 = CliRunner().invoke(main, [*ARGS, "-o", str(tmp_path / "a"), "--open-pr", "--yes", "--no-defend",
+                                   "--pr-mode", "report-only"])
+    assert r1.exit_code == 1, r1.output + r1.stderr
+    sha1 = json.loads((tmp_path / "a" / "report.json").read_text())["target"]["sha"]
+    card = hub_root / "acme/sentiment-pro" / "README.md"
+    old = card.read_text()
+    card.write_text(old + "\nA new paragraph by the author.\n")  # a new commit on main
+    try:
+        r2 = CliRunner().invoke(main, [*ARGS, "-o", str(tmp_path / "b"), "--open-pr", "--yes", "--no-defend",
+                                       "--pr-mode", "report-only"])
+        assert r2.exit_code == 1, r2.output + r2.stderr
+        rep2 = json.loads((tmp_path / "b" / "report.json").read_text())
+    finally:
+        card.write_text(old)
+    assert rep2["target"]["sha"] != sha1
+    prs = writer.prs["acme/sentiment-pro"]
+    assert len(prs) == 1 and rep2["publish"]["pr"]["action"] == "updated"
+    assert rep2["target"]["sha"] in prs[0]["comments"][-1]
+    assert "A new paragraph by the author." in prs[0]["files"]["README.md"].decode()
+
+
 def test_report_only_pr_changes_only_the_card(writer, tmp_path):
     r = CliRunner().invoke(main, [*ARGS, "-o", str(tmp_path), "--open-pr", "--pr-mode", "report-only", "--yes",
                                   "--no-defend"])
