@@ -31,7 +31,7 @@ from typing import Callable
 import torch
 
 from .errors import HfscanError
-from .hub import RemoteModel
+from .hub import RemoteModel, labels_of
 from .merge.heads import is_generic
 
 QUANTIZED_TAGS = {"gguf", "4-bit", "8-bit", "bitsandbytes", "gptq", "awq", "quantized", "onnx"}
@@ -66,12 +66,6 @@ def base_of(target: RemoteModel, override: str | None = None) -> str | None:
     if isinstance(b, list):
         return b[0] if len(b) == 1 else None
     return b if isinstance(b, str) else None
-
-
-def _labels(cfg: dict) -> list[str]:
-    id2label = cfg.get("id2label") or {}
-    n = len(id2label) if id2label else int(cfg.get("num_labels", 2))
-    return [str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(n)]
 
 
 def best_permutation(target_pred: torch.Tensor, cand_pred: torch.Tensor, n: int) -> tuple[list[int], float]:
@@ -117,7 +111,7 @@ def config_reason(t_cfg: dict, c_cfg: dict) -> str | None:
         return f"another architecture ({ca}, {c_cfg.get('model_type')}; the target is {ta}, {t_cfg.get('model_type')})"
     if t_cfg.get("vocab_size") != c_cfg.get("vocab_size"):
         return f"another vocabulary size ({c_cfg.get('vocab_size')} vs {t_cfg.get('vocab_size')})"
-    tl, cl = _labels(t_cfg), _labels(c_cfg)
+    tl, cl = labels_of(t_cfg), labels_of(c_cfg)
     if len(tl) != len(cl):
         return f"{len(cl)} labels {cl}, the target has {len(tl)} {tl}"
     if not is_generic(tl) and not is_generic(cl) and sorted(x.lower() for x in tl) != sorted(x.lower() for x in cl):
@@ -178,7 +172,7 @@ def discover(
         else:
             survivors.append(c)
     survivors.sort(key=lambda c: (c.author == target.author, -c.downloads, -c.likes, c.created_at or ""))
-    n_labels = len(_labels(t_cfg))
+    n_labels = len(labels_of(t_cfg))
     for c in survivors:
         if len(found.kept) >= max_peers:
             found.rejected.append(Rejected(c.repo_id, f"compatible, but not among the top {max_peers} by trust signals"))

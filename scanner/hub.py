@@ -32,6 +32,13 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "spec
 SUPPORTED_TASK = "text-classification"
 
 
+def labels_of(config: dict) -> list[str]:
+    """Label names in id order (``id2label``), or ``LABEL_i`` when the config has none."""
+    id2label = config.get("id2label") or {}
+    n = len(id2label) if id2label else int(config.get("num_labels", 2))
+    return [str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(n)]
+
+
 @dataclass
 class ResolvedModel:
     """A model whose files are on disk and whose metadata has been checked."""
@@ -59,17 +66,11 @@ class ResolvedModel:
 
     @property
     def labels(self) -> list[str]:
-        """Label names in id order (``id2label``), or ``LABEL_i`` when the config has none."""
-        id2label = self.config.get("id2label") or {}
-        n = self.num_labels
-        return [str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(n)]
+        return labels_of(self.config)
 
     @property
     def num_labels(self) -> int:
-        id2label = self.config.get("id2label")
-        if id2label:
-            return len(id2label)
-        return int(self.config.get("num_labels", 2))
+        return len(self.labels)
 
     @property
     def base_model(self) -> str | list[str] | None:

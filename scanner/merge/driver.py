@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from .._fs import atomic_dir
 from ..errors import HfscanError, IncompatibleModelsError
+from ..hub import labels_of
 from ..weights import StreamingShardWriter, WeightSet
 from . import methods as _methods  # noqa: F401  (registers the methods)
 from .heads import is_head_tensor, label_permutation
@@ -68,12 +69,6 @@ class MergeSpec:
 
 def _config(folder: Path) -> dict:
     return json.loads((folder / "config.json").read_text())
-
-
-def _labels(cfg: dict) -> list[str]:
-    id2label = cfg.get("id2label") or {}
-    n = len(id2label) if id2label else int(cfg.get("num_labels", 2))
-    return [str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(n)]
 
 
 def _base_name(name: str, base_names: set[str]) -> str | None:
@@ -139,10 +134,10 @@ def merge_folders(
     b_ws = WeightSet.open(spec.base, label=str(spec.base)) if method.needs_base else None
 
     t_cfg = _config(target)
-    t_labels = _labels(t_cfg)
+    t_labels = labels_of(t_cfg)
     perms = []
     for i, (p, pname) in enumerate(zip(peers, names[1:])):
-        perms.append(spec.head_perms.get(i) or label_permutation(t_labels, _labels(_config(p)), pname))
+        perms.append(spec.head_perms.get(i) or label_permutation(t_labels, labels_of(_config(p)), pname))
 
     base_names = set(b_ws.header) if b_ws else set()
     plan = [(n, i.dtype, i.shape) for n, i in t_ws.header.items()]
