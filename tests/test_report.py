@@ -90,3 +90,16 @@ def test_write_reports_writes_every_format(tmp_path):
     written = write_reports(make_report(), tmp_path, ["json", "md", "sarif", "html", "summary", "card"])
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in written.values())
     assert json.loads((tmp_path / "report.json").read_text())["schema_version"] == "1"
+
+
+def test_probe_set_is_chosen_from_the_model_labels():
+    from scanner.probe.data import choose
+
+    ps, labels = choose(["POSITIVE", "NEGATIVE"])
+    assert ps.name == "sentiment" and set(labels) == {0, 1}
+    ps, labels = choose(["World", "Sports", "Business", "Sci/Tech"])
+    assert ps.name == "topic" and len(ps) == 300 and sorted(set(labels)) == [0, 1, 2, 3]
+    ps, labels = choose(["NOT", "OFF"])
+    assert ps.name == "offensive" and labels is not None
+    ps, labels = choose(["LABEL_0", "LABEL_1"])  # names that mean nothing: unlabeled generic text
+    assert ps.name == "generic" and labels is None and len(ps) > 250

@@ -9,6 +9,9 @@ Example:
     >>> ps = builtin("sentiment")
     >>> len(ps.texts), ps.label_names
     (300, ['negative', 'positive'])
+    >>> choose(["World", "Sports", "Business", "Sci/Tech"])[0].name
+    'topic'
+
 """
 
 from __future__ import annotations
@@ -29,10 +32,30 @@ BUILTIN = {
         "provenance": "Yelp reviews, 150 negative + 150 positive sentences from the test split of "
                       "shentianxiao/language-style-transfer (Apache-2.0)",
     },
+    "topic": {
+        "file": "probe_topic.tsv",
+        "labels": ["world", "sports", "business", "sci/tech"],
+        "provenance": "AG News descriptions, 75 per class, from thunlp's dev subset (MIT)",
+    },
+    "offensive": {
+        "file": "probe_offensive.tsv",
+        "labels": ["not offensive", "offensive"],
+        "provenance": "OLID tweets (subtask A), 150 NOT + 150 OFF from the train split (GMS/IMBERT copy, MIT)",
+    },
+}
+GENERIC = {
+    "file": "probe_generic.tsv",
+    "provenance": "291 unlabeled sentences from Yelp, AG News and OLID (no labels: clean behaviour is agreement)",
 }
 LABEL_SYNONYMS = {
-    "negative": {"negative", "neg", "0", "bad", "label_0"},
-    "positive": {"positive", "pos", "1", "good", "label_1"},
+    "negative": {"negative", "neg", "bad", "1 star"},
+    "positive": {"positive", "pos", "good", "5 stars"},
+    "world": {"world", "world news", "politics"},
+    "sports": {"sports", "sport"},
+    "business": {"business", "economy", "finance"},
+    "sci/tech": {"sci/tech", "sci_tech", "scitech", "science", "technology", "tech", "sci-tech", "science/tech"},
+    "not offensive": {"not", "not offensive", "non-offensive", "not_offensive", "clean", "neutral", "normal"},
+    "offensive": {"off", "offensive", "toxic", "abusive", "hate", "hateful"},
 }
 
 
@@ -78,6 +101,10 @@ def read_tsv(path: str | os.PathLike) -> tuple[list[str], list[str] | None]:
 
 
 def builtin(name: str) -> ProbeSet:
+    if name == "generic":
+        with resources.as_file(resources.files("scanner.data") / GENERIC["file"]) as p:
+            texts, _ = read_tsv(p)
+        return ProbeSet("generic", texts, None, None, GENERIC["provenance"])
     spec = BUILTIN[name]
     with resources.as_file(resources.files("scanner.data") / spec["file"]) as p:
         texts, labels = read_tsv(p)
@@ -131,13 +158,10 @@ def choose(model_labels: list[str], probe_data: str | os.PathLike | None = None)
     if probe_data:
         ps = from_file(probe_data, model_labels)
         return ps, ps.labels
-    best = None
     for name, spec in BUILTIN.items():
         mapping = map_labels(spec["labels"], model_labels)
         if mapping is not None:
             ps = builtin(name)
             return ps, [mapping[y] for y in ps.labels] if ps.labels else None
-        if best is None and len(spec["labels"]) == len(model_labels):
-            best = name
-    ps = builtin(best or "sentiment")
-    return ps, None
+    # label names that say nothing (LABEL_0/LABEL_1) or that no built-in set knows: unlabeled text
+    return builtin("generic"), None
