@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -118,7 +117,6 @@ def main() -> None:
         rows.append(run_child(name, args))
         print(json.dumps(rows[-1]), flush=True)
     # correctness: hfscan's WAG equals the paper's output
-    import torch
     from safetensors import safe_open
 
     with safe_open(str(a.dir / "out_paper" / "model.safetensors"), "pt") as ref:

@@ -1,6 +1,5 @@
 """The defense search: within the clean bound, never worse than the paper's WAG on the same inputs."""
 
-import json
 
 from huggingface_hub.repocard import metadata_load
 from transformers import AutoModelForSequenceClassification
