@@ -23,9 +23,10 @@ The defended variant is a complete Hugging Face folder (sharded safetensors, con
 and a card listing the merged models as ``base_model`` with ``base_model_relation: merge``).
 
 Example:
-    >>> outcome = choose_and_build(target, peers, base, probe, out_dir)
-    >>> outcome.spec.method, outcome.worst_asr
-    ('ties', 0.04)
+    >>> outcome = choose_and_build(target, peers, Path("out/defended"), texts, reference, triggers,
+    ...                            base=base_path, floors=peer_medians)
+    >>> outcome.spec.method, [c["candidate"] for c in outcome.candidates][:2]
+    ('wag', ['wag', 'wag, target weight 0.12'])
 """
 
 from __future__ import annotations
