@@ -8,7 +8,8 @@ Cheap checks first, downloads last:
    safetensors present, the same pipeline tag;
 4. config (one small file): same architecture, ``model_type``, vocabulary size, label count and,
    where the names mean something, the same label names (order may differ);
-5. safetensors headers (range reads, no weights): the same tensor names and shapes;
+5. safetensors headers (range reads, no weights): the same tensor names and shapes
+   (`scanner.weights.tensor_mismatch`, the check the merge itself makes);
 6. behaviour (download, one pass over the probe set): the label permutation that maximises
    agreement with the target's predictions; candidates below ``min_agreement`` are another task
    with the same label count (e.g. ``LABEL_0/LABEL_1`` on spam detection) and are rejected.
@@ -33,6 +34,7 @@ import torch
 from .errors import HfscanError
 from .hub import RemoteModel, labels_of
 from .merge.heads import is_generic
+from .weights import tensor_mismatch
 
 QUANTIZED_TAGS = {"gguf", "4-bit", "8-bit", "bitsandbytes", "gptq", "awq", "quantized", "onnx"}
 
@@ -119,18 +121,6 @@ def config_reason(t_cfg: dict, c_cfg: dict) -> str | None:
     return None
 
 
-def header_reason(t_header: dict, c_header: dict) -> str | None:
-    t = {n: i.shape for n, i in t_header.items() if i.is_float}
-    c = {n: i.shape for n, i in c_header.items() if i.is_float}
-    for name, shape in t.items():
-        if name not in c:
-            return f"no tensor {name!r}"
-        if c[name] != shape:
-            return f"tensor {name!r} has shape {list(c[name])}, the target's is {list(shape)}"
-    extra = [n for n in c if n not in t]
-    return f"extra tensor {extra[0]!r}" if extra else None
-
-
 def discover(
     hub,
     target: RemoteModel,
@@ -164,7 +154,7 @@ def discover(
             try:
                 reason = config_reason(t_cfg, hub.load_config(c))
                 if reason is None:
-                    reason = header_reason(t_header, hub.load_header(c))
+                    reason = tensor_mismatch(t_header, hub.load_header(c))
             except HfscanError as e:
                 reason = f"unreadable ({e})"
         if reason:

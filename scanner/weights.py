@@ -139,6 +139,24 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict[str, dict], d
     return header, metadata
 
 
+def tensor_mismatch(target: dict[str, TensorInfo], other: dict[str, TensorInfo]) -> str | None:
+    """How ``other``'s float tensors differ from ``target``'s (names, shapes), or ``None``.
+
+    Example:
+        >>> tensor_mismatch(target_ws.header, peer_ws.header)
+        "has 'embeddings.word_embeddings.weight' of shape [60, 16], the target has [50, 16]"
+    """
+    t_float = {n: i for n, i in target.items() if i.is_float}
+    for name, info in t_float.items():
+        o = other.get(name)
+        if o is None:
+            return f"has no tensor {name!r}"
+        if o.shape != info.shape:
+            return f"has {name!r} of shape {list(o.shape)}, the target has {list(info.shape)}"
+    extra = [n for n, i in other.items() if i.is_float and n not in t_float]
+    return f"has tensor {extra[0]!r} that the target lacks" if extra else None
+
+
 def refuse_pickle(folder: Path, label: str | None = None) -> None:
     """Raise `PickleWeightsError` when a folder has pickle weights and no safetensors."""
     label = label or str(folder)

@@ -25,7 +25,6 @@ Example:
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
 import random
@@ -291,7 +290,3 @@ def demo_zoo(root: Path) -> Zoo:
 def build_demo_hub(root: Path, rebuild: bool = False, log: Callable[[str], None] = lambda s: None) -> dict:
     zoo = demo_zoo(Path(root)).build(log=log, rebuild=rebuild)
     return {"target": zoo.models[0].repo_id, "peers": [m.repo_id for m in zoo.models[1:]], "base": zoo.base_id}
-
-
-def recipe_digest(*recipes) -> str:
-    return hashlib.sha256(json.dumps([asdict(r) for r in recipes], sort_keys=True).encode()).hexdigest()[:12]

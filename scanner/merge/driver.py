@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from .._fs import atomic_dir
 from ..errors import HfscanError, IncompatibleModelsError
 from ..hub import labels_of
-from ..weights import StreamingShardWriter, WeightSet
+from ..weights import StreamingShardWriter, WeightSet, tensor_mismatch
 from . import methods as _methods  # noqa: F401  (registers the methods)
 from .heads import is_head_tensor, label_permutation
 from .registry import MergeParams, get
@@ -86,19 +86,10 @@ def _base_name(name: str, base_names: set[str]) -> str | None:
 
 def check_compatible(target: WeightSet, peers: list[WeightSet], peer_names: list[str]) -> None:
     """Refuse peers whose float tensor names or shapes differ from the target's, naming the first."""
-    t_float = {n: i for n, i in target.header.items() if i.is_float}
     for ws, pname in zip(peers, peer_names):
-        for name, info in t_float.items():
-            other = ws.header.get(name)
-            if other is None:
-                raise IncompatibleModelsError(f"cannot merge: {pname} has no tensor {name!r}")
-            if other.shape != info.shape:
-                raise IncompatibleModelsError(
-                    f"cannot merge: {pname} has {name!r} of shape {list(other.shape)}, the target has {list(info.shape)}"
-                )
-        extra = [n for n, i in ws.header.items() if i.is_float and n not in t_float]
-        if extra:
-            raise IncompatibleModelsError(f"cannot merge: {pname} has tensor {extra[0]!r} that the target lacks")
+        why = tensor_mismatch(target.header, ws.header)
+        if why:
+            raise IncompatibleModelsError(f"cannot merge: {pname} {why}")
 
 
 def merge_folders(

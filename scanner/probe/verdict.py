@@ -155,14 +155,3 @@ def _drop_redundant(findings: list[Finding]) -> list[Finding]:
             continue
         keep.append(f)
     return keep
-
-
-def score(target: ProbeResult, peers: list[ProbeResult], t: Thresholds = Thresholds()) -> float:
-    """A continuous detection score (for ROC curves): the target's largest z (or gap without a null)."""
-    gaps = null_gaps(peers)
-    best = float("-inf")
-    for r in target.results:
-        peer_asrs = [p.asr for peer in peers if (p := peer.lookup(r.trigger.text, r.label)) is not None]
-        g = _gap(r.asr, peer_asrs)
-        best = max(best, robust_z(g, gaps, t.z_floor)[0] if gaps else g)
-    return best
