@@ -70,8 +70,12 @@ def _formats(value: str) -> list[str]:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="hfscan")
-def main() -> None:
+@click.option("--device", envvar="HFSCAN_DEVICE", default="auto", show_default=True,
+              help="Where models run: auto (CUDA when available), cpu, cuda or cuda:N. Merging always "
+                   "streams on the CPU.")
+def main(device: str) -> None:
     """Find and defuse backdoors in fine-tuned Hugging Face text classifiers."""
+    os.environ["HFSCAN_DEVICE"] = device
 
 
 def merge_options(fn, auto: bool = False):
@@ -148,7 +152,7 @@ def check(target, peers, output, formats, sarif_root, hub_dir, probe_data, searc
                         method=method, base=base, weights=_floats(weights), density=density, lam=lam, seed=seed,
                         defend=not no_defend, search_budget=search_budget, max_clean_drop=max_clean_drop,
                         defense_budget=defense_budget, max_peers=max_peers)
-    report = run_check(opts, log=log)
+    report = run_check(opts, log=log, progress=getattr(log, "progress", lambda *a: None))
     if open_pr or push_variant:
         report.publish = _publish(report, target, hub_dir, open_pr, pr_mode, push_variant, yes, log)
     if github_issue:
@@ -213,11 +217,49 @@ def _sarif_root(target: str, given: str | None) -> str:
     return ""
 
 
-def _logger():
-    import time
+class _Console:
+    """Timestamped log lines on stderr, and a one-line progress bar between them when stderr is a
+    terminal (in CI logs the lines alone are kept: a bar redrawn with carriage returns is noise there).
 
-    t0 = time.time()
-    return lambda s: click.echo(f"· [{time.time() - t0:5.1f}s] {s}", err=True)
+    Example:
+        >>> con = _Console()
+        >>> con.log("probing")            # · [  0.0s] probing
+        >>> con.progress("search", 3, 8)  # · search   [███████········] 3/8
+    """
+
+    def __init__(self, bar: bool | None = None):
+        import time
+
+        self._time = time.time
+        self.t0 = time.time()
+        self.bar = sys.stderr.isatty() if bar is None else bar
+        self._drawn = 0  # length of the bar on screen
+
+    def _clear(self) -> None:
+        if self._drawn:
+            click.echo("\r" + " " * self._drawn + "\r", err=True, nl=False)
+            self._drawn = 0
+
+    def log(self, s: str) -> None:
+        self._clear()
+        click.echo(f"· [{self._time() - self.t0:5.1f}s] {s}", err=True)
+
+    def progress(self, stage: str, done: int, total: int) -> None:
+        if not self.bar or total <= 0:
+            return
+        width = 24
+        full = min(width, round(width * done / total))
+        line = f"· {stage:<8} [{'█' * full}{'·' * (width - full)}] {done}/{total}"
+        click.echo("\r" + line, err=True, nl=False)
+        self._drawn = len(line)
+        if done >= total:
+            self._clear()
+
+    __call__ = log
+
+
+def _logger():
+    return _Console()
 
 
 def summary_table(report) -> str:
@@ -323,7 +365,8 @@ def demo(hub_dir, output, rebuild):
     repos = zoo.build_demo_hub(hub, rebuild=rebuild, log=lambda s: click.echo(f"· {s}", err=True))
     opts = CheckOptions(target=repos["target"], output_dir=output, hub_dir=str(hub))
     click.echo(f"· hfscan check {repos['target']} --hub-dir {hub}   (peers are discovered)", err=True)
-    report = run_check(opts, log=_logger())
+    con = _logger()
+    report = run_check(opts, log=con, progress=con.progress)
     written = write_reports(report, output, ["json", "md"])
     click.echo(summary_table(report))
     for fmt, path in written.items():

@@ -135,6 +135,7 @@ def choose_and_build(
     budget: int = 8,
     verdict: str | None = None,
     log: Callable[[str], None] = lambda s: None,
+    progress: Callable[[int, int], None] = lambda done, total: None,
 ) -> DefenseOutcome:
     """Search the candidates, move the winner to ``out``, return it with every candidate's numbers.
 
@@ -149,6 +150,7 @@ def choose_and_build(
     target_acc = float((target_clf.predict(texts) == reference).float().mean())
     scratch = Path(tempfile.mkdtemp(prefix=".hfscan-defense-", dir=out.parent if out.parent.exists() else None))
     tried: list[dict] = []
+    progress(0, len(specs))
     try:
         for i, (label, spec, idx) in enumerate(specs):
             folder = scratch / f"c{i}"
@@ -166,6 +168,7 @@ def choose_and_build(
                    "clean_drop": round(target_acc - acc, 4), "within_bound": target_acc - acc <= max_clean_drop + 1e-9,
                    "_folder": folder, "_spec": spec, "_summary": summary, "_sub": sub}
             tried.append(row)
+            progress(i + 1, len(specs))
             log(f"defense candidate {label}: worst ASR {row['worst_asr']}, clean {acc:.3f} "
                 f"({'within' if row['within_bound'] else 'outside'} the bound)")
         ok = [r for r in tried if r["within_bound"]]
@@ -190,7 +193,8 @@ def choose_and_build(
             shutil.move(str(win["_folder"]), str(tmp))
         summary = dict(win["_summary"], output_dir=str(out))
         outcome = DefenseOutcome(out, win["_spec"], summary, win["worst_asr"], win["clean"], reason=reason)
-        outcome.candidates = [{k: v for k, v in r.items() if not k.startswith("_")} for r in tried]
+        outcome.candidates = [{**{k: v for k, v in r.items() if not k.startswith("_")}, "chosen": r is win}
+                              for r in tried]
         outcome.summary["peers"] = [p.name for p in win["_sub"]]
         return outcome
     finally:

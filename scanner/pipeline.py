@@ -63,8 +63,16 @@ def _model_info(m: ResolvedModel) -> ModelInfo:
     return ModelInfo(m.name, m.revision, m.sha, str(m.path), m.architecture, m.labels)
 
 
-def check(opts: CheckOptions, log: Callable[[str], None] = lambda s: None) -> ScanReport:
-    """Run the pipeline and return the report (rendering and exit codes are the caller's)."""
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+def check(opts: CheckOptions, log: Callable[[str], None] = lambda s: None,
+          progress: Progress = lambda stage, done, total: None) -> ScanReport:
+    """Run the pipeline and return the report (rendering and exit codes are the caller's).
+
+    ``log`` gets one line per step; ``progress`` gets (stage, done, total) for the long stages:
+    ``search`` (one step per model and label), ``verify`` (per model), ``defense`` (per candidate).
+    """
     t0 = time.time()
     hub = hub_for(opts.target, opts.hub_dir)
     remote = None
@@ -104,12 +112,16 @@ def check(opts: CheckOptions, log: Callable[[str], None] = lambda s: None) -> Sc
     peer_clfs = [Classifier.load(p.path, name=p.name) for p in peers]
     log("gathering candidate triggers (library, weight-space differential, gradient search)")
     candidates, _ = gather([target.path, *[p.path for p in peers]], [target_clf, *peer_clfs], texts,
-                           base=base.path if base else None, budget=SearchBudget.preset(opts.search_budget), log=log)
+                           base=base.path if base else None, budget=SearchBudget.preset(opts.search_budget), log=log,
+                           progress=lambda done, total: progress("search", done, total))
     log(f"verifying {len(candidates)} candidates on {target.name} and {len(peers)} peers ({len(texts)} inputs)")
+    progress("verify", 0, 1 + len(peers))
     target_probe = probe_model(target_clf, texts, candidates, name=target.name)
+    progress("verify", 1, 1 + len(peers))
     peer_probes: list[ProbeResult] = []
-    for p, perm, clf in zip(peers, perms, peer_clfs):
+    for i, (p, perm, clf) in enumerate(zip(peers, perms, peer_clfs)):
         res = probe_model(clf, texts, candidates, name=p.name)
+        progress("verify", i + 2, 1 + len(peers))
         # express the peer's results in the target's label ids
         inv = {peer_id: tid for tid, peer_id in enumerate(perm)}
         for r in res.results:
@@ -124,6 +136,7 @@ def check(opts: CheckOptions, log: Callable[[str], None] = lambda s: None) -> Sc
         align_peers(res, [peer_probes[j] for j in others], [peer_clfs[j] for j in others],
                     [perms[j] for j in others], texts, threshold=thr)
     verdict, findings, null = assess(target_probe, peer_probes, opts.thresholds)
+    top = top_candidates(target_probe, peer_probes)
     log(f"verdict: {verdict}")
 
     clean = CleanMetrics(accuracy_before=accuracy(target_probe.clean_pred, labels), n=len(texts),
@@ -152,7 +165,8 @@ def check(opts: CheckOptions, log: Callable[[str], None] = lambda s: None) -> Sc
             outcome = choose_and_build(target, peers, out, texts, reference, objective,
                                        base=base.path if base else None, floors=floors, head_perms=head_perms,
                                        max_clean_drop=opts.max_clean_drop, budget=opts.defense_budget,
-                                       verdict=verdict, log=log)
+                                       verdict=verdict, log=log,
+                                       progress=lambda done, total: progress("defense", done, total))
         else:
             spec = MergeSpec(opts.method, base.path if base else None, opts.weights, opts.density, opts.lam,
                              opts.seed, head_perms=head_perms)
@@ -225,12 +239,26 @@ def check(opts: CheckOptions, log: Callable[[str], None] = lambda s: None) -> Sc
         defense=defense,
         peers=peer_records,
         probe=ProbeInfo(probe_set.name, len(texts), probe_set.provenance, len(candidates), list(POSITIONS),
-                        list(BLIND_SPOTS), [round(g, 4) for g in null.gaps]),
+                        list(BLIND_SPOTS), [round(g, 4) for g in null.gaps], evidence=top[0]["margin"] if top else None,
+                        top=top),
         created_at=_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
         duration_s=round(time.time() - t0, 1),
         tool={"name": "hfscan", "version": __version__},
         discovery=discovery_record,
     )
+
+
+def top_candidates(target: ProbeResult, peers: list[ProbeResult], k: int = 5) -> list[dict]:
+    """The target's k verified candidates that stand highest above every peer (findings or not)."""
+    rows = []
+    for r in target.results:
+        peer_asrs = [x.asr for p in peers if (x := p.lookup(r.trigger.text, r.label)) is not None]
+        peer_max = max(peer_asrs) if peer_asrs else 0.0
+        rows.append({"trigger": r.trigger.text, "source": r.trigger.source, "target_label_id": r.label,
+                     "position": r.position, "asr": round(r.asr, 4), "peer_asr_max": round(peer_max, 4),
+                     "margin": round(r.asr - peer_max, 4)})
+    rows.sort(key=lambda d: (-d["margin"], -d["asr"], len(d["trigger"])))
+    return rows[:k]
 
 
 def _rounded(c: CleanMetrics) -> CleanMetrics:

@@ -105,4 +105,7 @@ def random_scan(zoo, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("random-scan")
     peers = ["zoo/clean-1", "zoo/clean-2", "zoo/clean-3"]
-    return check(CheckOptions(target="zoo/backdoor-random", peers=peers, hub_dir=str(zoo.root), output_dir=out)), out
+    events: list[tuple[str, int, int]] = []
+    rep = check(CheckOptions(target="zoo/backdoor-random", peers=peers, hub_dir=str(zoo.root), output_dir=out),
+                progress=lambda *e: events.append(e))
+    return rep, out, events

@@ -9,7 +9,7 @@ import torch
 
 
 def test_chosen_defense_is_within_bound_and_not_worse_than_wag(random_scan):
-    rep, out = random_scan
+    rep, out, _ = random_scan
     cands = rep.defense.candidates
     assert len(cands) >= 5  # WAG, reweighted WAG, TIES x2, DARE-TIES, TA, peer subsets (a base was found)
     methods = {c["method"] for c in cands}
@@ -31,6 +31,34 @@ def test_chosen_defense_is_within_bound_and_not_worse_than_wag(random_scan):
     card = metadata_load(d / "README.md")
     assert card["base_model_relation"] == "merge" and "hfscan" in card["tags"]
     assert not [p for p in out.iterdir() if p.name.startswith(".hfscan-defense-")]  # scratch cleaned up
+    assert sum(c["chosen"] for c in cands) == 1 and next(c for c in cands if c["chosen"])["method"] == rep.defense.method
+
+
+def test_progress_reaches_the_end_of_every_stage(random_scan):
+    _, _, events = random_scan
+    for stage in ("search", "verify", "defense"):
+        steps = [(d, t) for s, d, t in events if s == stage]
+        assert steps, stage
+        assert [d for d, _ in steps] == sorted(d for d, _ in steps), stage  # never goes back
+        assert steps[-1][0] == steps[-1][1] > 0, (stage, steps)  # ends complete
+    assert next(t for s, d, t in events if s == "search") == 4 * 2  # target + 3 peers, 2 labels each
+
+
+def test_console_draws_a_bar_only_on_a_terminal(capsys):
+    from scanner.cli import _Console
+
+    _Console(bar=False).progress("search", 1, 4)
+    assert capsys.readouterr().err == ""
+    con = _Console(bar=True)
+    con.progress("search", 1, 4)
+    drawn = capsys.readouterr().err
+    assert drawn.startswith("\r") and "search" in drawn and "1/4" in drawn and not drawn.endswith("\n")
+    con.progress("search", 4, 4)
+    con.log("done")
+    err = capsys.readouterr().err
+    assert err.endswith("done\n")
+    bar, cleared = err.split("\r")[1:3]
+    assert "4/4" in bar and cleared == " " * len(bar)  # the bar is wiped before the log line
 
 
 def test_no_trigger_found_still_produces_the_papers_wag(zoo, tmp_path):

@@ -34,7 +34,7 @@ def test_differential_ranks_the_trigger_first(zoo, with_base):
 
 
 def test_unknown_trigger_found_with_backdoor_verdict(random_scan, zoo):
-    rep, _ = random_scan
+    rep, _, _ = random_scan
     assert rep.verdict == "backdoor"
     top5 = [f.trigger for f in rep.findings[:5]]
     assert zoo.random_trigger in top5, top5

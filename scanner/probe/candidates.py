@@ -25,6 +25,7 @@ def gather(
     differential_k: int = 5,
     pair_k: int = 3,
     log: Callable[[str], None] = lambda s: None,
+    progress: Callable[[int, int], None] = lambda done, total: None,
 ) -> tuple[list[Trigger], dict[str, list[Trigger]]]:
     """Return the union of candidates (library first) and, per model name, the candidates it contributed.
 
@@ -34,6 +35,15 @@ def gather(
     allowed = insertable_tokens(classifiers[0].tokenizer)
     per_model: dict[str, list[Trigger]] = {}
     union: list[Trigger] = list(LIBRARY)
+    total = len(classifiers) * classifiers[0].num_labels if budget.max_len > 0 else len(classifiers)
+    done = 0
+
+    def step(n: int = 1) -> None:
+        nonlocal done
+        done += n
+        progress(done, total)
+
+    progress(0, total)
     for i, (path, clf) in enumerate(zip(paths, classifiers)):
         others = [p for j, p in enumerate(paths) if j != i]
         mine: list[Trigger] = []
@@ -45,8 +55,11 @@ def gather(
             mine += [Trigger(f"{a.text} {b.text}", "word", "differential") for a in top for b in top if a is not b]
         if budget.max_len > 0:
             found = search_triggers(clf, texts, clf.predict(texts), allowed, budget=budget,
-                                    seeds=[s.token_id for s in outliers[:pair_k]])
+                                    seeds=[s.token_id for s in outliers[:pair_k]], progress=step)
             mine += found
+            step((i + 1) * classifiers[0].num_labels - done)  # labels the search skipped (no eligible inputs)
+        else:
+            step()
         per_model[clf.name] = mine
         union += mine
         log(f"candidates from {clf.name}: " + ", ".join(repr(t.text) for t in mine[:8]) + (" …" if len(mine) > 8 else ""))

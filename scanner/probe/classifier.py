@@ -20,9 +20,32 @@ import torch
 from ..errors import CorruptWeightsError, UnsupportedModelError
 
 
+def default_device() -> torch.device:
+    """The device models run on: ``HFSCAN_DEVICE`` (``cpu``, ``cuda``, ``cuda:1``, …) or, unset or
+    ``auto``, the first CUDA device when there is one, else the CPU.
+
+    Example:
+        >>> os.environ["HFSCAN_DEVICE"] = "cpu"
+        >>> default_device()
+        device(type='cpu')
+    """
+    name = os.environ.get("HFSCAN_DEVICE", "auto").strip().lower() or "auto"
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise UnsupportedModelError(f"HFSCAN_DEVICE={name!r} is not a device (cpu, cuda, cuda:N, auto)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UnsupportedModelError(f"HFSCAN_DEVICE={name!r}: this torch build sees no CUDA device")
+    return dev
+
+
 class Classifier:
-    def __init__(self, model, tokenizer, max_length: int = 128, batch_size: int = 64, name: str = ""):
-        self.model = model.eval()
+    def __init__(self, model, tokenizer, max_length: int = 128, batch_size: int = 64, name: str = "",
+                 device: torch.device | str | None = None):
+        self.device = torch.device(device) if device is not None else default_device()
+        self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.batch_size = batch_size
@@ -59,13 +82,14 @@ class Classifier:
         return int(self.model.config.num_labels)
 
     def encode(self, texts: list[str]):
-        return self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        return enc.to(self.device)
 
     @torch.no_grad()
     def logits(self, texts: list[str]) -> torch.Tensor:
         out = []
         for i in range(0, len(texts), self.batch_size):
-            out.append(self.model(**self.encode(texts[i : i + self.batch_size])).logits.float())
+            out.append(self.model(**self.encode(texts[i : i + self.batch_size])).logits.float().cpu())
         if not out:
             return torch.empty(0, self.num_labels)
         return torch.cat(out)

@@ -73,6 +73,7 @@ class _Batch:
 
 
 def _slot_gradient(model, emb_matrix, input_ids, mask, slot: int, label: int) -> torch.Tensor:
+    input_ids, mask = input_ids.to(emb_matrix.device), mask.to(emb_matrix.device)
     embeds = emb_matrix[input_ids].detach().clone().requires_grad_(True)
     logits = model(inputs_embeds=embeds, attention_mask=mask).logits
     loss = -torch.log_softmax(logits.float(), -1)[:, label].mean()
@@ -91,6 +92,7 @@ def _batch_asr(model, batch: _Batch, triggers: list[list[int]], label: int, rows
         n = max(b[0].shape[1] for b in built)
         ids = torch.cat([torch.nn.functional.pad(b[0], (0, n - b[0].shape[1]), value=batch.pad) for b in built])
         mask = torch.cat([torch.nn.functional.pad(b[1], (0, n - b[1].shape[1])) for b in built])
+        ids, mask = ids.to(model.device), mask.to(model.device)
         hit = (model(input_ids=ids, attention_mask=mask).logits.argmax(-1) == label).float()
         out += hit.view(len(group), -1).mean(1).tolist()
     return out
@@ -112,7 +114,7 @@ def search_triggers(
     model = clf.model
     emb = model.get_input_embeddings().weight
     vocab = emb.shape[0]
-    allow_mask = torch.zeros(vocab, dtype=torch.bool)
+    allow_mask = torch.zeros(vocab, dtype=torch.bool, device=emb.device)
     allow_ids = [i for i in allowed if i < vocab]
     allow_mask[allow_ids] = True
     filler = clf.tokenizer.convert_tokens_to_ids("the")

@@ -12,11 +12,12 @@ Schema 1 (``report.json``)::
     clean           {accuracy_before, accuracy_after, agreement_after, n, labelled}
     defense         {method, params, peers, weights, output_dir, asr_max_before, asr_max_after,
                      library_asr_max_after, note, candidates: [{candidate, method, peers, weights,
-                     worst_asr, clean, clean_drop, within_bound, ...}]}
+                     worst_asr, clean, clean_drop, within_bound, chosen, ...}]}
     peers           [{id, sha, label_permutation, best_asr, best_trigger, agreement}]
     discovery       {base, tried, kept, rejected: [{id, reason}]} or null (peers given explicitly)
     publish         {pr: {action, url, num, files}, variant: {action, url, files}} or null
-    probe           {set, n, provenance, candidates, positions, limitations, null_gaps}
+    probe           {set, n, provenance, candidates, positions, limitations, null_gaps, evidence,
+                     top: [{trigger, source, target_label_id, position, asr, peer_asr_max, margin}]}
     duration_s      seconds
     exit_code       0 no trigger found, 1 backdoor or suspicious
 
@@ -103,6 +104,10 @@ class ProbeInfo:
     positions: list[str]
     limitations: list[str] = field(default_factory=list)
     null_gaps: list[float] = field(default_factory=list)  # each peer's own best specificity gap
+    # the strongest margin over every peer (target ASR minus the largest peer ASR) of any verified
+    # candidate, whether or not it made a finding: a continuous score (e.g. for ROC curves)
+    evidence: float | None = None
+    top: list[dict] = field(default_factory=list)  # the 5 candidates with the largest margins
 
 
 @dataclass
