@@ -35,7 +35,6 @@ import argparse
 import csv
 import functools
 import json
-import math
 import multiprocessing as mp
 import os
 import random
