@@ -57,7 +57,7 @@ FILES = {
     "sst2/poison/badnet/test.tsv": None, "sst2/poison/insertsent/test.tsv": None,
     "sst2/poison/hiddenkiller_scpn/train.tsv": None, "sst2/poison/hiddenkiller_scpn/test.tsv": None,
     "sst2/poison/style_bible/train_transfer.tsv": None, "sst2/poison/style_bible/test.tsv": None,
-    "yelp/train.tsv": 8000, "amazon/train.tsv": None, "imdb/test.tsv": None,
+    "yelp/train.tsv": None, "amazon/train.tsv": None, "imdb/test.tsv": None,
     "olid/train.tsv": None, "olid/test.tsv": None, "hatespeech/train.tsv": None,
     "olid/poison/badnet/train.tsv": None, "olid/poison/insertsent/train.tsv": None,
     "olid/poison/syntactic/train.tsv": None,
@@ -70,7 +70,7 @@ FILES = {
 
 TASKS = {
     "sst2": {"labels": ["negative", "positive"], "test": "sst2/test.tsv",
-             "pool": ["sst2-half2", "sst2-yelp", "sst2-amazon", "sst2-imdb", "sst2-clean"]},
+             "pool": ["sst2-half2", "sst2-yelp", "sst2-imdb", "sst2-amazon", "sst2-clean"]},
     "olid": {"labels": ["NOT", "OFF"], "test": "olid/test.tsv",
              "pool": ["olid-half1", "olid-hate", "olid-half2", "olid-clean"]},
     "agnews": {"labels": ["World", "Sports", "Business", "Sci/Tech"], "test": "agnews/test_titled.tsv",
@@ -127,13 +127,19 @@ PAPER = ("Arora et al. 2024 (RoBERTa-large, SST-2/OLID/AG News): WAG with enough
          "poison sets: 4-17% (RoBERTa-large, published).")
 
 
+SORTED_BY_LABEL = {"yelp/train.tsv"}  # all negatives first: shuffled (seeded) before any slice
+
+
 def read(rel: str) -> list[tuple[str, int]]:
     with open(DATA / rel, encoding="utf-8", newline="") as f:
         r = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         next(r)
         rows = [(s, int(y)) for s, y in r]
     cap = FILES[rel]
-    return rows[:cap] if cap else rows
+    rows = rows[:cap] if cap else rows
+    if rel in SORTED_BY_LABEL:
+        random.Random(0).shuffle(rows)
+    return rows
 
 
 @functools.lru_cache(maxsize=4)
@@ -246,7 +252,7 @@ def finetune(name: str, base: Path, steps: int, device: str, lr: float = 1e-4, b
     hf_logging.disable_progress_bar()
     m = BY_NAME[name]
     dest = CACHE / name
-    stamp = {"name": name, "steps": steps, "lr": lr, "bs": bs, "max_len": max_len, "v": 2}
+    stamp = {"name": name, "steps": steps, "lr": lr, "bs": bs, "max_len": max_len, "v": 3}
     if (dest / "stamp.json").exists() and json.loads((dest / "stamp.json").read_text())["recipe"] == stamp:
         return json.loads((dest / "stamp.json").read_text())
     t0 = time.time()
