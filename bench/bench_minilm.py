@@ -130,13 +130,17 @@ PAPER = ("Arora et al. 2024 (RoBERTa-large, SST-2/OLID/AG News): WAG with enough
 SORTED_BY_LABEL = {"yelp/train.tsv"}  # all negatives first: shuffled (seeded) before any slice
 
 
-def read(rel: str) -> list[tuple[str, int]]:
+def _raw(rel: str) -> list[tuple[str, int]]:
     with open(DATA / rel, encoding="utf-8", newline="") as f:
         r = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         next(r)
         rows = [(s, int(y)) for s, y in r]
     cap = FILES[rel]
-    rows = rows[:cap] if cap else rows
+    return rows[:cap] if cap else rows
+
+
+def read(rel: str) -> list[tuple[str, int]]:
+    rows = _raw(rel)
     if rel in SORTED_BY_LABEL:
         random.Random(0).shuffle(rows)
     return rows
@@ -503,7 +507,7 @@ def pack(dest: Path, base_src: Path) -> None:
         p = dest / "data" / rel
         p.parent.mkdir(parents=True, exist_ok=True)
         with open(p, "w", encoding="utf-8", newline="") as f:
-            f.write("sentence\tlabel\n" + "".join(f"{s}\t{y}\n" for s, y in read(rel)))
+            f.write("sentence\tlabel\n" + "".join(f"{s}\t{y}\n" for s, y in _raw(rel)))
     model = BertModel.from_pretrained(base_src, dtype=torch.float16)
     model.save_pretrained(dest / "minilm", safe_serialization=True)
     AutoTokenizer.from_pretrained(base_src).save_pretrained(dest / "minilm")
