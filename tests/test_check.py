@@ -135,3 +135,14 @@ def test_remote_code_is_refused(zoo, tmp_path):
     cfg["auto_map"] = {"AutoModelForSequenceClassification": "modeling_evil.EvilModel"}
     (bad / "config.json").write_text(json.dumps(cfg))
     _assert_one_line_error(run("check", bad, "-o", tmp_path / "o"), "trust_remote_code")
+
+
+def test_unknown_or_missing_device_exits_2(zoo, tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setenv("HFSCAN_DEVICE", "auto")  # restored after the test (the CLI sets it)
+    target = zoo.path("zoo/clean-1")
+    _assert_one_line_error(run("--device", "tpu9", "check", target, "-o", tmp_path / "o"), "not a device")
+    if not torch.cuda.is_available():
+        _assert_one_line_error(run("--device", "cuda", "check", target, "-o", tmp_path / "o"), "no CUDA device")
+    assert not (tmp_path / "o").exists()
