@@ -1,6 +1,7 @@
 """Detection of triggers nobody told hfscan about, calibrated against the peers."""
 
 import pytest
+import torch
 from transformers import AutoTokenizer
 
 from scanner.pipeline import CheckOptions, check
@@ -59,3 +60,16 @@ def test_two_token_trigger_is_recovered(zoo, tmp_path):
 def test_clean_peer_against_the_others_finds_nothing(zoo, tmp_path):
     rep = scan(zoo, "zoo/clean-3", peers=["zoo/clean-1", "zoo/clean-2"], tmp=tmp_path, defend=False)
     assert rep.verdict == "no_trigger_found", [(f.trigger, f.asr_before, f.gap, f.z) for f in rep.findings]
+
+
+def test_batched_logits_do_not_depend_on_batching(zoo):
+    from scanner.probe.classifier import Classifier
+    from scanner.probe.data import builtin
+
+    clf = Classifier.load(zoo.path("zoo/clean-1"))
+    texts = builtin("topic").texts[:40] + ["short", "a b c"] + builtin("sentiment").texts[:20]
+    clf.batch_size = 8
+    together = clf.logits(texts)
+    alone = torch.cat([clf.logits([t]) for t in texts])
+    assert together.shape == (len(texts), 2)
+    assert torch.allclose(together, alone, atol=1e-4)

@@ -85,14 +85,19 @@ class Classifier:
         enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
         return enc.to(self.device)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def logits(self, texts: list[str]) -> torch.Tensor:
-        out = []
-        for i in range(0, len(texts), self.batch_size):
-            out.append(self.model(**self.encode(texts[i : i + self.batch_size])).logits.float().cpu())
-        if not out:
+        """Logits in the order of ``texts``. Batches are formed from texts of similar length (less
+        padding when lengths vary, e.g. news texts with triggers); the attention mask makes each
+        row's logits independent of its batch."""
+        if not texts:
             return torch.empty(0, self.num_labels)
-        return torch.cat(out)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = torch.empty(len(texts), self.num_labels)
+        for i in range(0, len(order), self.batch_size):
+            idx = order[i : i + self.batch_size]
+            out[idx] = self.model(**self.encode([texts[j] for j in idx])).logits.float().cpu()
+        return out
 
     def predict(self, texts: list[str]) -> torch.Tensor:
         """Predicted label ids; repeated texts are served from a cache."""
