@@ -390,9 +390,18 @@ def defend_job(name: str, base: Path) -> dict:
         }
         if m.task == "sst2":
             variants["wag3_bdpeers"] = ([CACHE / p for p in BACKDOORED_PEERS], MergeSpec("wag"))
+        def peer_triggers(folder: Path) -> dict[str, float]:
+            """ASR of each backdoored peer's own trigger: does the merge import the peers' backdoors?"""
+            return {p: evaluate(folder, poison_test(BY_NAME[p], base), BY_NAME[p].target) for p in BACKDOORED_PEERS}
+
+        if m.task == "sst2":
+            res["bdpeers_own_asr"] = {p: evaluate(CACHE / p, poison_test(BY_NAME[p], base), BY_NAME[p].target)
+                                      for p in BACKDOORED_PEERS}
         for key, (ps, spec) in variants.items():
             merge_folders(victim, ps, tmp / key, spec, progress=False)
             res[key] = measure(tmp / key)
+            if key.endswith("_bdpeers"):
+                res[key + "_peer_triggers"] = peer_triggers(tmp / key)
             shutil.rmtree(tmp / key)
         runs = {"hfscan2": peers[:2], "hfscan3": peers}
         if m.task == "sst2":
@@ -401,6 +410,8 @@ def defend_job(name: str, base: Path) -> dict:
             t0 = time.time()
             rep = _check(victim, ps, base, tmp / key, defend=True)
             res[key] = measure(Path(rep.defense.output_dir))
+            if key.endswith("_bdpeers"):
+                res[key + "_peer_triggers"] = peer_triggers(Path(rep.defense.output_dir))
             res[key + "_choice"] = next((c["candidate"] for c in rep.defense.candidates or [] if c.get("chosen")),
                                         rep.defense.method)
             res[key + "_verdict"] = rep.verdict
@@ -410,6 +421,19 @@ def defend_job(name: str, base: Path) -> dict:
     if m.task == "sst2":  # do the backdoored peers' own triggers survive the merge?
         res["bdpeers_triggers"] = {p: trigger_of(BY_NAME[p], base) for p in BACKDOORED_PEERS}
     return res
+
+
+def needed(models: set[str], jobs: str) -> set[str]:
+    """The models the detect / defend jobs of ``models`` read (so a partial run trains only those)."""
+    out = set()
+    for name in models & set(BY_NAME):
+        m, pool = BY_NAME[name], TASKS[BY_NAME[name].task]["pool"]
+        out.add(name)
+        if "detect" in jobs:
+            out |= set([p for p in pool if p != name][:3])
+        if "defend" in jobs and m.published:
+            out |= set(pool[:3]) | {pool[-1]} | (set(BACKDOORED_PEERS) if m.task == "sst2" else set())
+    return out
 
 
 def run_job(job: tuple[str, str, str, str]) -> dict:
@@ -491,6 +515,14 @@ def summarize(results: list[dict]) -> str:
             if red:
                 out.append(f"- {k}: {100 * sum(red) / len(red):.1f}% | {100 * sum(rem) / max(1, len(rem)):.1f}% "
                            f"| {sum(cost) / len(cost):+.2f} (n={len(red)})")
+        bd = [r for r in dfn if "wag3_bdpeers_peer_triggers" in r]
+        if bd:
+            out += ["", "Backdoored peers' own triggers (ASR on the peer → after the merge, mean over victims):", ""]
+            for p in BACKDOORED_PEERS:
+                own = sum(r["bdpeers_own_asr"][p] for r in bd) / len(bd)
+                after = {k: sum(r[k + "_peer_triggers"][p] for r in bd) / len(bd) for k in ("wag3_bdpeers", "hfscan3_bdpeers")}
+                out.append(f"- {p}: {100 * own:.1f}% → WAG-3 {100 * after['wag3_bdpeers']:.1f}%, "
+                           f"hfscan-3 {100 * after['hfscan3_bdpeers']:.1f}%")
         out += ["", PAPER]
     errors = [r for r in results if "error" in r]
     if errors:
@@ -568,11 +600,11 @@ def main() -> None:
     ctx = mp.get_context("spawn")
     remaining = lambda: (a.deadline - (time.time() - t_start)) if a.deadline else None  # noqa: E731
     with ctx.Pool(a.workers, maxtasksperchild=4) as pool:
-        jobs = [("train", n, str(base), a.device) for n in names]
+        only = set(a.only.split(",")) if a.only else None
+        jobs = [("train", n, str(base), a.device) for n in names if only is None or n in needed(only, a.jobs)]
         for r in pool.imap_unordered(run_job, jobs):
             log(f"trained {r['model']}: " + (r.get("error") or f"{r.get('seconds')} s, trigger {r.get('trigger')}"))
             resf.write(json.dumps(r) + "\n")
-        only = set(a.only.split(",")) if a.only else None
         defend, detect = [], []
         if "defend" in a.jobs:
             defend = [("defend", m.name, str(base), a.device) for m in MODELS if m.task in tasks and m.published

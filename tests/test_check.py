@@ -85,7 +85,13 @@ def test_clean_model_no_trigger_found_but_still_defended(zoo, tmp_path):
     rep = json.loads((tmp_path / "report.json").read_text())
     assert rep["verdict"] == "no_trigger_found" and rep["findings"] == []
     assert (tmp_path / "defended" / "model.safetensors").exists()
-    assert "cannot see" in " ".join(rep["probe"]["limitations"]) or rep["probe"]["limitations"]
+    limits = " ".join(rep["probe"]["limitations"])
+    assert "not searched for" in limits and "shortcut" in limits  # "no trigger found" is not "clean"
+    top = rep["probe"]["top"]
+    assert top and rep["probe"]["evidence"] == top[0]["margin"]
+    assert [t["margin"] for t in top] == sorted((t["margin"] for t in top), reverse=True)
+    assert all(abs(t["margin"] - (t["asr"] - t["peer_asr_max"])) < 1e-3 for t in top)
+    assert "merge" in rep["defense"]["note"].lower()  # says why a variant was built anyway
 
 
 def _assert_one_line_error(res, needle):

@@ -42,6 +42,10 @@ BLIND_SPOTS = (
     "Syntactic triggers (HiddenKiller: a paraphrase template) and style triggers (StyleAttack) are not "
     "searched for: they are transformations, not inserted text. The merge defends against them anyway.",
     "Triggers longer than the search's beam (more than 3 tokens) are found only when they are in the library.",
+    "A shortcut the model learned from its own, unpoisoned fine-tuning data (product words in reviews, sports "
+    "words in a forum) flips it like a planted trigger, and without the training data the two cannot be told "
+    "apart: a finding is an exploitable trigger specific to this model, planted or not. Models fine-tuned on a "
+    "domain unlike their peers' show more of them.",
 )
 
 
