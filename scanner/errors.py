@@ -46,5 +46,9 @@ class ProbeDataError(HfscanError):
     """A probe data file is missing or malformed."""
 
 
+class DeviceError(HfscanError):
+    """The requested device (``--device`` / ``HFSCAN_DEVICE``) does not exist on this machine."""
+
+
 class OutputExistsError(HfscanError):
     """The output path exists and would be overwritten."""

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import CorruptWeightsError, UnsupportedModelError
+from ..errors import CorruptWeightsError, DeviceError, UnsupportedModelError
 
 
 def default_device() -> torch.device:
@@ -35,9 +35,9 @@ def default_device() -> torch.device:
     try:
         dev = torch.device(name)
     except RuntimeError:
-        raise UnsupportedModelError(f"HFSCAN_DEVICE={name!r} is not a device (cpu, cuda, cuda:N, auto)") from None
+        raise DeviceError(f"device {name!r} (--device / HFSCAN_DEVICE) is not a device: use cpu, cuda, cuda:N or auto") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UnsupportedModelError(f"HFSCAN_DEVICE={name!r}: this torch build sees no CUDA device")
+        raise DeviceError(f"device {name!r} (--device / HFSCAN_DEVICE): this torch build sees no CUDA device")
     return dev
 
 
