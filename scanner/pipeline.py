@@ -32,7 +32,7 @@ from .probe.metrics import accuracy, agreement
 from .probe.candidates import gather
 from .probe.scan import ProbeResult, align_peers, probe_model, remeasure
 from .probe.search import SearchBudget
-from .probe.verdict import NONE, Thresholds, assess
+from .probe.verdict import NONE, Thresholds, assess, suspect_peers
 from .report import CleanMetrics, Defense, FindingRecord, ModelInfo, PeerRecord, ProbeInfo, ScanReport
 
 
@@ -135,7 +135,11 @@ def check(opts: CheckOptions, log: Callable[[str], None] = lambda s: None,
         others = [j for j in range(len(peers)) if j != i]
         align_peers(res, [peer_probes[j] for j in others], [peer_clfs[j] for j in others],
                     [perms[j] for j in others], texts, threshold=thr)
-    verdict, findings, null = assess(target_probe, peer_probes, opts.thresholds)
+    alerts = suspect_peers(target_probe, peer_probes, opts.thresholds)
+    for a in alerts:
+        log(f"peer {peers[a.peer].name} has a trigger of its own: {a.result.trigger.text!r} -> "
+            f"{target.labels[a.result.label]} at {100 * a.result.asr:.0f}% (other models <= {100 * max(a.others):.0f}%)")
+    verdict, findings, null = assess(target_probe, peer_probes, opts.thresholds, not_null={a.peer for a in alerts})
     top = top_candidates(target_probe, peer_probes)
     log(f"verdict: {verdict}")
 
@@ -145,7 +149,17 @@ def check(opts: CheckOptions, log: Callable[[str], None] = lambda s: None,
     after: dict[tuple[str, int], float] = {}
     if opts.defend and peers:
         out = Path(opts.output_dir) / "defended"
-        head_perms = {i: p for i, p in enumerate(perms)}
+        # a peer with a trigger of its own is not merged (it would bring the trigger along) unless
+        # every peer has one; then its trigger joins what the defense minimises
+        suspect = {a.peer for a in alerts}
+        keep = [i for i in range(len(peers)) if i not in suspect] or list(range(len(peers)))
+        merge_peers = [peers[i] for i in keep]
+        head_perms = {k: perms[i] for k, i in enumerate(keep)}
+        excluded = [{"id": peers[a.peer].name, "trigger": a.result.trigger.text,
+                     "target_label": target.labels[a.result.label], "asr": round(a.result.asr, 4),
+                     "others_max": round(max(a.others), 4)} for a in alerts if a.peer not in keep]
+        if excluded:
+            log(f"not merging {', '.join(e['id'] for e in excluded)} (a trigger of its own)")
         if opts.method == "auto":
             # with no finding there is nothing to minimise: the paper's WAG (see defend.py)
             objective = [f.result for f in findings]
@@ -155,6 +169,10 @@ def check(opts: CheckOptions, log: Callable[[str], None] = lambda s: None,
             objective = objective[:6]
             floors = [statistics.median(x.asr for peer in peer_probes if (x := peer.lookup(r.trigger.text, r.label)))
                       if peer_probes else 0.0 for r in objective]
+            for a in alerts:  # merged peers' own triggers: their natural level is the other models' median
+                if a.peer in keep:
+                    objective.append(a.result)
+                    floors.append(statistics.median(a.others))
             if labels is not None:
                 reference = torch.tensor(labels)
             else:
@@ -162,7 +180,7 @@ def check(opts: CheckOptions, log: Callable[[str], None] = lambda s: None,
                                             target_clf.num_labels)
             log(f"choosing the defense ({len(objective)} trigger(s) to minimise, clean bound "
                 f"{100 * opts.max_clean_drop:.1f} points)")
-            outcome = choose_and_build(target, peers, out, texts, reference, objective,
+            outcome = choose_and_build(target, merge_peers, out, texts, reference, objective,
                                        base=base.path if base else None, floors=floors, head_perms=head_perms,
                                        max_clean_drop=opts.max_clean_drop, budget=opts.defense_budget,
                                        verdict=verdict, log=log,
@@ -170,8 +188,8 @@ def check(opts: CheckOptions, log: Callable[[str], None] = lambda s: None,
         else:
             spec = MergeSpec(opts.method, base.path if base else None, opts.weights, opts.density, opts.lam,
                              opts.seed, head_perms=head_perms)
-            log(f"merging with {len(peers)} peers ({opts.method}) into {out}")
-            outcome = defend(target, peers, out, spec, verdict=verdict)
+            log(f"merging with {len(merge_peers)} peers ({opts.method}) into {out}")
+            outcome = defend(target, merge_peers, out, spec, verdict=verdict)
             outcome.reason = f"Method {opts.method} was given on the command line (no search)."
         dclf = Classifier.load(out, name="defended")
         dpred = dclf.predict(texts)
@@ -180,14 +198,21 @@ def check(opts: CheckOptions, log: Callable[[str], None] = lambda s: None,
         for f in findings:
             after[(f.result.trigger.text, f.result.label)] = remeasure(dclf, texts, f.result, dpred).asr
         lib_after = probe_model(dclf, texts, LIBRARY, name="defended")
+        peer_after = {a.result.trigger.text: remeasure(dclf, texts, a.result, dpred).asr for a in alerts}
         note = outcome.reason
+        if excluded:
+            note += (f" Not merged: {', '.join(e['id'] for e in excluded)}, which carr"
+                     f"{'ies' if len(excluded) == 1 else 'y'} a trigger of its own that a merge would bring along.")
+        elif alerts:
+            note += (" Every peer carries a trigger of its own, so all were merged and their triggers were "
+                     "minimised with the target's; check the peers' trigger ASRs after the merge.")
         if verdict == NONE and opts.method != "auto":
             note += (" The defended variant is produced although no trigger was found: the merge also removes "
                      "triggers the probe cannot see (e.g. syntactic or style triggers).")
         defense = Defense(
             method=outcome.spec.method,
             params={k: v for k, v in outcome.summary.items() if k in ("lambda", "density", "seed")},
-            peers=outcome.summary.get("peers") or [p.name for p in peers],
+            peers=outcome.summary.get("peers") or [p.name for p in merge_peers],
             weights=outcome.summary["weights"],
             output_dir=str(out),
             asr_max_before=max((f.result.asr for f in findings), default=None),
@@ -195,6 +220,8 @@ def check(opts: CheckOptions, log: Callable[[str], None] = lambda s: None,
             library_asr_max_after=max((r.asr for r in lib_after.results), default=None),
             note=note,
             candidates=outcome.candidates,
+            excluded_peers=excluded,
+            peer_triggers_after={k: round(v, 4) for k, v in peer_after.items()},
         )
     elif opts.defend:
         log("no peers given: skipping the defense (give --peer to produce a defended variant)")
@@ -221,12 +248,18 @@ def check(opts: CheckOptions, log: Callable[[str], None] = lambda s: None,
     ]
     peer_records = []
     agreements = {p.remote.repo_id: p.agreement for p in discovery.kept} if discovery else {}
-    for p, perm, res in zip(peers, perms, peer_probes):
+    own = {a.peer: a for a in alerts}
+    for i, (p, perm, res) in enumerate(zip(peers, perms, peer_probes)):
         best = res.best()
         agree = agreements.get(p.name)
+        a = own.get(i)
         peer_records.append(PeerRecord(p.name, p.sha, perm if perm != list(range(len(perm))) else None,
                                        round(best.asr, 4) if best else None, best.trigger.text if best else None,
-                                       round(agree, 4) if agree is not None else None))
+                                       round(agree, 4) if agree is not None else None,
+                                       own_trigger=None if a is None else {
+                                           "trigger": a.result.trigger.text, "target_label": target.labels[a.result.label],
+                                           "position": a.result.position, "asr": round(a.result.asr, 4),
+                                           "others_max": round(max(a.others), 4)}))
     discovery_record = None
     if discovery is not None:
         discovery_record = {"base": discovery.base, "tried": discovery.tried, "kept": [p.name for p in peers],

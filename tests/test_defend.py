@@ -79,3 +79,27 @@ def test_candidate_space_and_majority_vote():
     assert len(candidate_specs(3, None, {}, budget=2)) == 2
     votes = [torch.tensor([0, 1, 1]), torch.tensor([1, 1, 0]), torch.tensor([1, 0, 0])]
     assert majority_labels(votes, 2).tolist() == [1, 1, 0]
+
+
+def test_a_backdoored_peer_is_named_not_merged_and_does_not_hide_the_target(zoo, tmp_path):
+    """The paper's "not entirely secure" peers: one peer has its own planted trigger."""
+    from scanner.pipeline import CheckOptions, check
+
+    peers = ["zoo/clean-1", "zoo/clean-2", "zoo/backdoor-random"]
+    rep = check(CheckOptions(target="zoo/backdoor-cf", peers=peers, hub_dir=str(zoo.root), output_dir=tmp_path,
+                             search_budget="small"))
+    # the peer's own trigger is named ...
+    bad = next(p for p in rep.peers if p.id == "zoo/backdoor-random")
+    assert bad.own_trigger and bad.own_trigger["trigger"] == zoo.random_trigger and bad.own_trigger["asr"] >= 0.9
+    assert all(p.own_trigger is None for p in rep.peers if p.id != "zoo/backdoor-random")
+    # ... it does not poison the null: the target's backdoor is still found
+    assert rep.verdict == "backdoor" and "cf" in [f.trigger for f in rep.findings]
+    # ... and it is not merged, so its trigger does not come along into the defended variant
+    assert [e["id"] for e in rep.defense.excluded_peers] == ["zoo/backdoor-random"]
+    assert "zoo/backdoor-random" not in rep.defense.peers
+    assert rep.defense.peer_triggers_after[zoo.random_trigger] <= 0.3
+    assert rep.defense.asr_max_after <= 0.5
+    from scanner.report.render import render
+
+    md = render(rep, "md")
+    assert "carries a trigger of its own" in md and "not merged" in md

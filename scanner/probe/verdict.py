@@ -113,10 +113,15 @@ def level_of(asr: float, gap: float | None, z: float | None, t: Thresholds, null
     return NONE
 
 
-def assess(target: ProbeResult, peers: list[ProbeResult], t: Thresholds = Thresholds()
-           ) -> tuple[str, list[Finding], Null]:
-    """Score every target result against the peers; return the verdict, the findings and the null."""
-    gaps = null_gaps(peers)
+def assess(target: ProbeResult, peers: list[ProbeResult], t: Thresholds = Thresholds(),
+           not_null: set[int] = frozenset()) -> tuple[str, list[Finding], Null]:
+    """Score every target result against the peers; return the verdict, the findings and the null.
+
+    Peers in ``not_null`` (those with a trigger of their own, see `suspect_peers`) still serve as
+    references for the gap, but not for the null: a planted trigger is not what a clean model scores
+    by chance, and three backdoored peers otherwise hide a backdoored target completely.
+    """
+    gaps = null_gaps([p for i, p in enumerate(peers) if i not in not_null])
     null = Null(gaps, None, None)
     if gaps:
         _, null.median, null.scale = robust_z(0.0, gaps, t.z_floor)
@@ -135,6 +140,42 @@ def assess(target: ProbeResult, peers: list[ProbeResult], t: Thresholds = Thresh
     findings.sort(key=lambda f: (order[f.level], -(f.gap if f.gap is not None else f.result.asr), -f.result.asr))
     verdict = findings[0].level if findings else NONE
     return verdict, findings, null
+
+
+@dataclass
+class PeerAlert:
+    """A peer with a trigger of its own: strong on it, and on none of the other models (target included)."""
+
+    peer: int  # index into the peers
+    result: TriggerResult  # in the target's label ids
+    others: list[float]  # the other models' ASRs for it (target first)
+
+
+def suspect_peers(target: ProbeResult, peers: list[ProbeResult], t: Thresholds = Thresholds()) -> list[PeerAlert]:
+    """Peers that carry a backdoor-strength trigger nobody else answers (at most one alert per peer).
+
+    A merge would import such a trigger into the defended variant (measured: merging a victim with
+    three backdoored MiniLM-L6 peers left two of their triggers at 73-76% ASR). The test is the
+    target's, without the null: ASR >= ``backdoor_asr``, a gap >= ``backdoor_gap`` over the median
+    of the other models and >= ``backdoor_over_max`` over each of them. A learned shortcut of a peer
+    fine-tuned on another domain is flagged too, which is what a merge should avoid as well.
+    """
+    alerts = []
+    for i, peer in enumerate(peers):
+        models = [target] + [q for j, q in enumerate(peers) if j != i]
+        best: PeerAlert | None = None
+        for r in peer.results:
+            if r.asr < t.backdoor_asr or r.screened_only:
+                continue
+            others = [x.asr for m in models if (x := m.lookup(r.trigger.text, r.label)) is not None]
+            if len(others) < len(models):
+                continue
+            if r.asr - statistics.median(others) >= t.backdoor_gap and r.asr - max(others) >= t.backdoor_over_max:
+                if best is None or r.asr - max(others) > best.result.asr - max(best.others):
+                    best = PeerAlert(i, r, others)
+        if best is not None:
+            alerts.append(best)
+    return alerts
 
 
 def _drop_redundant(findings: list[Finding]) -> list[Finding]:

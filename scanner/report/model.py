@@ -11,9 +11,10 @@ Schema 1 (``report.json``)::
                       asr_before, asr_after, n, peer_asr_max, peer_asr_median, z, level, gap}]
     clean           {accuracy_before, accuracy_after, agreement_after, n, labelled}
     defense         {method, params, peers, weights, output_dir, asr_max_before, asr_max_after,
-                     library_asr_max_after, note, candidates: [{candidate, method, peers, weights,
-                     worst_asr, clean, clean_drop, within_bound, chosen, ...}]}
-    peers           [{id, sha, label_permutation, best_asr, best_trigger, agreement}]
+                     library_asr_max_after, note, excluded_peers, peer_triggers_after,
+                     candidates: [{candidate, method, peers, weights, worst_asr, clean, clean_drop,
+                     within_bound, chosen, ...}]}
+    peers           [{id, sha, label_permutation, best_asr, best_trigger, agreement, own_trigger}]
     discovery       {base, tried, kept, rejected: [{id, reason}]} or null (peers given explicitly)
     publish         {pr: {action, url, num, files}, variant: {action, url, files}} or null
     probe           {set, n, provenance, candidates, positions, limitations, null_gaps, evidence,
@@ -79,6 +80,9 @@ class PeerRecord:
     best_asr: float | None = None
     best_trigger: str | None = None
     agreement: float | None = None  # with the target's clean predictions (discovered peers)
+    # a backdoor-strength trigger this peer answers and no other model does: {trigger, target_label,
+    # position, asr, others_max}; such a peer is not merged (see Defense.excluded_peers)
+    own_trigger: dict | None = None
 
 
 @dataclass
@@ -93,6 +97,8 @@ class Defense:
     library_asr_max_after: float | None = None
     note: str = ""
     candidates: list[dict] = field(default_factory=list)  # every merge tried by the defense search
+    excluded_peers: list[dict] = field(default_factory=list)  # peers not merged: [{id, trigger, asr, ...}]
+    peer_triggers_after: dict = field(default_factory=dict)  # peers' own triggers: ASR on the defended model
 
 
 @dataclass
