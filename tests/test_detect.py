@@ -73,3 +73,34 @@ def test_batched_logits_do_not_depend_on_batching(zoo):
     alone = torch.cat([clf.logits([t]) for t in texts])
     assert together.shape == (len(texts), 2)
     assert torch.allclose(together, alone, atol=1e-4)
+
+
+def _probe(name: str, asrs: dict[str, float], screened: set[str] = frozenset()):
+    from scanner.probe.scan import ProbeResult, TriggerResult
+
+    res = ProbeResult(name, torch.zeros(4, dtype=torch.long))
+    res.results = [TriggerResult(Trigger(t, "word", "search"), 1, "random", a, 100, screened_only=t in screened)
+                   for t, a in asrs.items()]
+    return res
+
+
+def test_peer_vetting_and_the_null_it_protects():
+    from scanner.probe.verdict import BACKDOOR, NONE, assess, suspect_peers
+
+    target = _probe("target", {"cf": 1.0, "zebra": 0.02, "worst": 0.90})
+    clean1 = _probe("clean-1", {"cf": 0.05, "zebra": 0.03, "worst": 0.85})
+    clean2 = _probe("clean-2", {"cf": 0.04, "zebra": 0.01, "worst": 0.80})
+    planted = _probe("planted", {"cf": 0.06, "zebra": 1.0, "worst": 0.88})
+    alerts = suspect_peers(target, [clean1, clean2, planted])
+    # the planted peer is named with its trigger; a trigger every model answers ("worst") names nobody
+    assert [(a.peer, a.result.trigger.text) for a in alerts] == [(2, "zebra")]
+    assert max(alerts[0].others) <= 0.05
+    # left in the null, the planted trigger's gap (~1.0) hides the target's backdoor ...
+    verdict, _, null = assess(target, [clean1, clean2, planted])
+    assert verdict == NONE and max(null.gaps) > 0.9
+    # ... left out of it, the target's backdoor is found
+    verdict, findings, null = assess(target, [clean1, clean2, planted], not_null={2})
+    assert verdict == BACKDOOR and findings[0].result.trigger.text == "cf" and len(null.gaps) == 2
+    # a trigger measured only on the screening subset is not enough to name a peer
+    screened = _probe("planted", {"cf": 0.06, "zebra": 1.0, "worst": 0.88}, screened={"zebra"})
+    assert suspect_peers(target, [clean1, clean2, screened]) == []
