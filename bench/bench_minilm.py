@@ -345,6 +345,20 @@ def recovered(m: Model, trig: str | None, top: list[dict], min_margin: float = 0
     return {"top5_exact": exact, "top5_words": exact or part}
 
 
+def differential_ranks(name: str, peers: list[str], trig: str | None, base: Path, k: int = 200) -> dict:
+    """Where each trigger word ranks among the scanned model's embedding outliers (1 = most moved)."""
+    if not trig:
+        return {}
+    from transformers import AutoTokenizer
+
+    from scanner.probe.differential import embedding_outliers
+
+    tok = AutoTokenizer.from_pretrained(CACHE / name)
+    top = [s.text for s in embedding_outliers(CACHE / name, [CACHE / p for p in peers], tok, base=base, top_k=k)]
+    words = trig.lower().replace(",", " ").split()
+    return {w: (top.index(w) + 1 if w in top else None) for w in dict.fromkeys(words)}
+
+
 def detect_job(name: str, base: Path) -> dict:
     m = BY_NAME[name]
     pool = [p for p in TASKS[m.task]["pool"] if p != name][:3]
@@ -358,7 +372,8 @@ def detect_job(name: str, base: Path) -> dict:
     return {"job": "detect", "model": name, "task": m.task, "kind": m.kind, "trigger": trig, "target": m.target,
             "true_asr": true_asr, "cacc": cacc, "peers": pool, "verdict": rep.verdict,
             "evidence": rep.probe.evidence, "top": rep.probe.top, "findings": [f.trigger for f in rep.findings],
-            "seconds": round(time.time() - t0, 1), "check_seconds": rep.duration_s, **recovered(m, trig, rep.probe.top)}
+            "seconds": round(time.time() - t0, 1), "check_seconds": rep.duration_s, **recovered(m, trig, rep.probe.top),
+            "differential_rank": differential_ranks(name, pool, trig, base)}
 
 
 def defend_job(name: str, base: Path) -> dict:
@@ -483,8 +498,9 @@ def summarize(results: list[dict]) -> str:
                 f"- token triggers in the top 5: exact {sum(bool(r.get('top5_exact')) for r in tok)}/{len(tok)}, "
                 f"trigger words {sum(bool(r.get('top5_words')) for r in tok)}/{len(tok)}",
                 f"- scan time (check --no-defend, target + 3 peers): median {sorted(r['check_seconds'] for r in det)[len(det) // 2]:.0f} s",
-                "", "| model | kind | trigger (target) | true ASR | CACC | verdict | evidence | top candidate | top-5 |",
-                "|---|---|---|---:|---:|---|---:|---|---|"]
+                "", "| model | kind | trigger (target) | true ASR | CACC | verdict | evidence | top candidate | top-5 |"
+                + (" differential rank |" if any("differential_rank" in r for r in det) else ""),
+                "|---|---|---|---:|---:|---|---:|---|---|" + ("---|" if any("differential_rank" in r for r in det) else "")]
         for r in sorted(det, key=lambda r: (r["kind"] != "clean", r["task"], r["model"])):
             top = r["top"][0] if r["top"] else None
             t5 = "" if "top5_exact" not in r else ("exact" if r["top5_exact"] else "words" if r["top5_words"] else "no")
@@ -492,7 +508,9 @@ def summarize(results: list[dict]) -> str:
             asr = "" if r["true_asr"] is None else "%.0f%%" % (100 * r["true_asr"])
             best = "`%s` %.0f%%" % (top["trigger"], 100 * top["asr"]) if top else "-"
             out.append(f"| {r['model']} | {r['kind']} | {r['trigger'] or '-'}{tgt} | {asr} | {100 * r['cacc']:.1f}% | "
-                       f"{r['verdict']} | {ev(r):+.2f} | {best} | {t5} |")
+                       f"{r['verdict']} | {ev(r):+.2f} | {best} | {t5} |"
+                       + (" " + ", ".join(f"{w} {k or '>200'}" for w, k in r.get("differential_rank", {}).items()) + " |"
+                          if any("differential_rank" in x for x in det) else ""))
     if dfn:
         keys = ["none", "wag2", "wag3", "ta3", "ties3", "dare3", "hfscan2", "hfscan3", "wag3_bdpeers", "hfscan3_bdpeers"]
         out += ["", "## Defense (ASR / clean accuracy, %)", "",
