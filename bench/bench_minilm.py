@@ -306,6 +306,8 @@ def finetune(name: str, base: Path, steps: int, device: str, lr: float = 1e-4, b
 
 
 def evaluate(folder: Path, texts: list[str], target: int | None = None, labels: list[int] | None = None) -> float:
+    import torch
+
     from scanner.probe.classifier import Classifier
 
     clf = Classifier.load(folder, batch_size=128)
@@ -314,7 +316,7 @@ def evaluate(folder: Path, texts: list[str], target: int | None = None, labels: 
         texts, labels = texts[:48], labels[:48] if labels is not None else None
     pred = clf.predict(texts)
     if labels is not None:
-        return round(float((pred == __import__("torch").tensor(labels)).float().mean()), 4)
+        return round(float((pred == torch.tensor(labels)).float().mean()), 4)
     return round(float((pred == target).float().mean()), 4)
 
 
@@ -345,6 +347,18 @@ def recovered(m: Model, trig: str | None, top: list[dict], min_margin: float = 0
     return {"top5_exact": exact, "top5_words": exact or part}
 
 
+def detection_peers(name: str) -> list[str]:
+    """The 3 clean models of the task a model is scanned against (never itself)."""
+    return [p for p in TASKS[BY_NAME[name].task]["pool"] if p != name][:3]
+
+
+def defense_models(name: str) -> tuple[list[str], str, list[str]]:
+    """A victim's clean peers, its clean twin (same data, no poison) and, for SST-2, its backdoored peers."""
+    m = BY_NAME[name]
+    pool = TASKS[m.task]["pool"]
+    return pool[:3], pool[-1], (BACKDOORED_PEERS if m.task == "sst2" else [])
+
+
 def differential_ranks(name: str, peers: list[str], trig: str | None, base: Path, k: int = 200) -> dict:
     """Where each trigger word ranks among the scanned model's embedding outliers (1 = most moved)."""
     if not trig:
@@ -361,7 +375,7 @@ def differential_ranks(name: str, peers: list[str], trig: str | None, base: Path
 
 def detect_job(name: str, base: Path) -> dict:
     m = BY_NAME[name]
-    pool = [p for p in TASKS[m.task]["pool"] if p != name][:3]
+    pool = detection_peers(name)
     t0 = time.time()
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
         rep = _check(CACHE / name, [CACHE / p for p in pool], base, Path(tmp), defend=False)
@@ -382,9 +396,9 @@ def defend_job(name: str, base: Path) -> dict:
     m = BY_NAME[name]
     clean_texts, clean_y = _clean(m.task)
     ptexts = poison_test(m, base)
-    pool = TASKS[m.task]["pool"]
-    peers = [CACHE / p for p in pool[:3]]
-    twin = CACHE / pool[-1]  # the clean twin: same data as the victim's clean part, no poison
+    clean_peers, twin_name, bd_peers = defense_models(name)
+    peers = [CACHE / p for p in clean_peers]
+    twin = CACHE / twin_name
     victim = CACHE / name
 
     def measure(folder: Path) -> list[float]:
@@ -403,24 +417,24 @@ def defend_job(name: str, base: Path) -> dict:
             "ties3": (peers, MergeSpec("ties", base=base, density=0.5)),
             "dare3": (peers, MergeSpec("dare_ties", base=base, density=0.5)),
         }
-        if m.task == "sst2":
-            variants["wag3_bdpeers"] = ([CACHE / p for p in BACKDOORED_PEERS], MergeSpec("wag"))
+        bd = [CACHE / p for p in bd_peers]
+        bd_tests = {p: (poison_test(BY_NAME[p], base), BY_NAME[p].target) for p in bd_peers}
+
         def peer_triggers(folder: Path) -> dict[str, float]:
             """ASR of each backdoored peer's own trigger: does the merge import the peers' backdoors?"""
-            return {p: evaluate(folder, poison_test(BY_NAME[p], base), BY_NAME[p].target) for p in BACKDOORED_PEERS}
+            return {p: evaluate(folder, texts, target) for p, (texts, target) in bd_tests.items()}
 
-        if m.task == "sst2":
-            res["bdpeers_own_asr"] = {p: evaluate(CACHE / p, poison_test(BY_NAME[p], base), BY_NAME[p].target)
-                                      for p in BACKDOORED_PEERS}
+        if bd:
+            variants["wag3_bdpeers"] = (bd, MergeSpec("wag"))
+            res["bdpeers_triggers"] = {p: trigger_of(BY_NAME[p], base) for p in bd_peers}
+            res["bdpeers_own_asr"] = {p: evaluate(CACHE / p, *bd_tests[p]) for p in bd_peers}
         for key, (ps, spec) in variants.items():
             merge_folders(victim, ps, tmp / key, spec, progress=False)
             res[key] = measure(tmp / key)
             if key.endswith("_bdpeers"):
                 res[key + "_peer_triggers"] = peer_triggers(tmp / key)
             shutil.rmtree(tmp / key)
-        runs = {"hfscan2": peers[:2], "hfscan3": peers}
-        if m.task == "sst2":
-            runs["hfscan3_bdpeers"] = [CACHE / p for p in BACKDOORED_PEERS]
+        runs = {"hfscan2": peers[:2], "hfscan3": peers, **({"hfscan3_bdpeers": bd} if bd else {})}
         for key, ps in runs.items():
             t0 = time.time()
             rep = _check(victim, ps, base, tmp / key, defend=True)
@@ -433,8 +447,6 @@ def defend_job(name: str, base: Path) -> dict:
             res[key + "_findings"] = [f.trigger for f in rep.findings][:3]
             res[key + "_seconds"] = round(time.time() - t0, 1)
             shutil.rmtree(tmp / key)
-    if m.task == "sst2":  # do the backdoored peers' own triggers survive the merge?
-        res["bdpeers_triggers"] = {p: trigger_of(BY_NAME[p], base) for p in BACKDOORED_PEERS}
     return res
 
 
@@ -442,12 +454,12 @@ def needed(models: set[str], jobs: str) -> set[str]:
     """The models the detect / defend jobs of ``models`` read (so a partial run trains only those)."""
     out = set()
     for name in models & set(BY_NAME):
-        m, pool = BY_NAME[name], TASKS[BY_NAME[name].task]["pool"]
         out.add(name)
         if "detect" in jobs:
-            out |= set([p for p in pool if p != name][:3])
-        if "defend" in jobs and m.published:
-            out |= set(pool[:3]) | {pool[-1]} | (set(BACKDOORED_PEERS) if m.task == "sst2" else set())
+            out |= set(detection_peers(name))
+        if "defend" in jobs and BY_NAME[name].published:
+            clean_peers, twin, bd_peers = defense_models(name)
+            out |= {*clean_peers, twin, *bd_peers}
     return out
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -147,12 +148,12 @@ def check(target, peers, output, formats, sarif_root, hub_dir, probe_data, searc
         from huggingface_hub.utils import disable_progress_bars
 
         disable_progress_bars()
-    log = (lambda s: None) if quiet else _logger()
+    log = _Console(quiet=quiet)
     opts = CheckOptions(target=target, peers=list(peers), output_dir=output, hub_dir=hub_dir, probe_data=probe_data,
                         method=method, base=base, weights=_floats(weights), density=density, lam=lam, seed=seed,
                         defend=not no_defend, search_budget=search_budget, max_clean_drop=max_clean_drop,
                         defense_budget=defense_budget, max_peers=max_peers)
-    report = run_check(opts, log=log, progress=getattr(log, "progress", lambda *a: None))
+    report = run_check(opts, log=log, progress=log.progress)
     if open_pr or push_variant:
         report.publish = _publish(report, target, hub_dir, open_pr, pr_mode, push_variant, yes, log)
     if github_issue:
@@ -227,12 +228,10 @@ class _Console:
         >>> con.progress("search", 3, 8)  # · search   [███████········] 3/8
     """
 
-    def __init__(self, bar: bool | None = None):
-        import time
-
-        self._time = time.time
+    def __init__(self, bar: bool | None = None, quiet: bool = False):
         self.t0 = time.time()
-        self.bar = sys.stderr.isatty() if bar is None else bar
+        self.quiet = quiet
+        self.bar = not quiet and (sys.stderr.isatty() if bar is None else bar)
         self._drawn = 0  # length of the bar on screen
 
     def _clear(self) -> None:
@@ -241,8 +240,10 @@ class _Console:
             self._drawn = 0
 
     def log(self, s: str) -> None:
+        if self.quiet:
+            return
         self._clear()
-        click.echo(f"· [{self._time() - self.t0:5.1f}s] {s}", err=True)
+        click.echo(f"· [{time.time() - self.t0:5.1f}s] {s}", err=True)
 
     def progress(self, stage: str, done: int, total: int) -> None:
         if not self.bar or total <= 0:
@@ -256,10 +257,6 @@ class _Console:
             self._clear()
 
     __call__ = log
-
-
-def _logger():
-    return _Console()
 
 
 def summary_table(report) -> str:
@@ -365,7 +362,7 @@ def demo(hub_dir, output, rebuild):
     repos = zoo.build_demo_hub(hub, rebuild=rebuild, log=lambda s: click.echo(f"· {s}", err=True))
     opts = CheckOptions(target=repos["target"], output_dir=output, hub_dir=str(hub))
     click.echo(f"· hfscan check {repos['target']} --hub-dir {hub}   (peers are discovered)", err=True)
-    con = _logger()
+    con = _Console()
     report = run_check(opts, log=con, progress=con.progress)
     written = write_reports(report, output, ["json", "md"])
     click.echo(summary_table(report))
@@ -413,7 +410,7 @@ def audit(orgs, models_file, pipeline_tag, limit, output, hub_dir, cache_path, r
                             output_dir=output, hub_dir=hub_dir, cache=cache_path, refresh=refresh,
                             shard=parse_shard(shard), keep_downloads=keep_downloads, search_budget=search_budget,
                             defend=not no_defend)
-        report = run_audit(opts, log=_logger())
+        report = run_audit(opts, log=_Console())
     click.echo(" ".join(f"{v} {k}" for k, v in report.counts.items()) + f" ({len(report.rows)} models)")
     click.echo(f"report: {output / 'audit.md'}")
     if github_issue:

@@ -16,7 +16,7 @@ for a small model), loaded and measured on the probe set:
 
 The winner minimises the objective among candidates within the bound; if none is within it, the
 one with the smallest clean cost wins and the report says the bound could not be met. With no
-trigger found there is nothing to minimise: the paper's WAG is produced (it also removes triggers
+trigger to minimise (none found in the target, none of its own in a merged peer): the paper's WAG is produced (it also removes triggers
 the probe cannot see) and the report says so.
 
 The defended variant is a complete Hugging Face folder (sharded safetensors, config, tokenizer,

@@ -163,12 +163,17 @@ class LocalHub:
     def repo_path(self, repo_id: str) -> Path:
         return self.root / repo_id
 
-    def resolve(self, ref: str, loadable: bool = True) -> ResolvedModel:
+    def _locate(self, ref: str) -> tuple[str, str | None, Path]:
+        """``ORG/NAME[@rev]`` -> (repo id, revision, its folder), or ModelNotFoundError."""
         repo_id, _, rev = ref.partition("@")
         path = self.repo_path(repo_id)
         if not path.is_dir():
             raise ModelNotFoundError(f"{repo_id}: no such model in {self.root}")
-        return resolve_folder(path, ref=repo_id, loadable=loadable, repo_id=repo_id, revision=rev or None)
+        return repo_id, rev or None, path
+
+    def resolve(self, ref: str, loadable: bool = True) -> ResolvedModel:
+        repo_id, rev, path = self._locate(ref)
+        return resolve_folder(path, ref=repo_id, loadable=loadable, repo_id=repo_id, revision=rev)
 
     def list_models(self) -> list[str]:
         return sorted(
@@ -179,10 +184,7 @@ class LocalHub:
 
     # the same interface as HfHub, so discovery and the demo share one code path
     def describe(self, ref: str, headers: bool = True) -> "RemoteModel":
-        repo_id, _, rev = ref.partition("@")
-        path = self.repo_path(repo_id)
-        if not path.is_dir():
-            raise ModelNotFoundError(f"{repo_id}: no such model in {self.root}")
+        repo_id, rev, path = self._locate(ref)
         card = read_card(path)
         files = sorted(p.name for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
         tags = list(card.get("tags") or [])
@@ -194,7 +196,7 @@ class LocalHub:
         for f in files:
             st = (path / f).stat()
             digest.update(f"{f}:{st.st_size}:{st.st_mtime_ns};".encode())
-        remote = RemoteModel(repo_id, sha="local-" + digest.hexdigest()[:16], revision=rev or None, files=files,
+        remote = RemoteModel(repo_id, sha="local-" + digest.hexdigest()[:16], revision=rev, files=files,
                              card=card, tags=tags, pipeline_tag=card.get("pipeline_tag"))
         if headers:
             model = resolve_folder(path, ref=repo_id, repo_id=repo_id)
@@ -230,11 +232,16 @@ class LocalHub:
         return out[:limit]
 
 
+def local_hub_dir(hub_dir: str | os.PathLike | None) -> str | os.PathLike | None:
+    """The local hub folder: the one given, else ``HFSCAN_HUB_DIR``, else none."""
+    return hub_dir or os.environ.get("HFSCAN_HUB_DIR") or None
+
+
 def resolve(ref: str, hub_dir: str | os.PathLike | None = None, loadable: bool = True) -> ResolvedModel:
     """Resolve a folder path or an ``ORG/NAME`` in a local hub."""
     if Path(ref).expanduser().is_dir():
         return resolve_folder(Path(ref).expanduser(), ref=ref, loadable=loadable)
-    hub_dir = hub_dir or os.environ.get("HFSCAN_HUB_DIR")
+    hub_dir = local_hub_dir(hub_dir)
     if hub_dir:
         return LocalHub(hub_dir).resolve(ref, loadable=loadable)
     raise ModelNotFoundError(

@@ -9,7 +9,6 @@ Example:
 from __future__ import annotations
 
 import datetime as _dt
-import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -139,7 +138,8 @@ def check(opts: CheckOptions, log: Callable[[str], None] = lambda s: None,
     for a in alerts:
         log(f"peer {peers[a.peer].name} has a trigger of its own: {a.result.trigger.text!r} -> "
             f"{target.labels[a.result.label]} at {100 * a.result.asr:.0f}% (other models <= {100 * max(a.others):.0f}%)")
-    verdict, findings, null = assess(target_probe, peer_probes, opts.thresholds, not_null={a.peer for a in alerts})
+    suspect = {a.peer for a in alerts}
+    verdict, findings, null = assess(target_probe, peer_probes, opts.thresholds, not_null=suspect)
     top = top_candidates(target_probe, peer_probes)
     log(f"verdict: {verdict}")
 
@@ -151,17 +151,14 @@ def check(opts: CheckOptions, log: Callable[[str], None] = lambda s: None,
         out = Path(opts.output_dir) / "defended"
         # a peer with a trigger of its own is not merged (it would bring the trigger along) unless
         # every peer has one; then its trigger joins what the defense minimises
-        suspect = {a.peer for a in alerts}
         keep = [i for i in range(len(peers)) if i not in suspect] or list(range(len(peers)))
         merge_peers = [peers[i] for i in keep]
         head_perms = {k: perms[i] for k, i in enumerate(keep)}
-        excluded = [{"id": peers[a.peer].name, "trigger": a.result.trigger.text,
-                     "target_label": target.labels[a.result.label], "asr": round(a.result.asr, 4),
-                     "others_max": round(max(a.others), 4)} for a in alerts if a.peer not in keep]
+        excluded = [{"id": peers[a.peer].name, **_alert_record(a, target.labels)} for a in alerts if a.peer not in keep]
         if excluded:
             log(f"not merging {', '.join(e['id'] for e in excluded)} (a trigger of its own)")
         if opts.method == "auto":
-            # with no finding there is nothing to minimise: the paper's WAG (see defend.py)
+            # the target's findings and merged peers' own triggers; with none, the paper's WAG (defend.py)
             objective = [f.result for f in findings]
             if findings:
                 objective += [r for r in target_probe.results
@@ -256,10 +253,7 @@ def check(opts: CheckOptions, log: Callable[[str], None] = lambda s: None,
         peer_records.append(PeerRecord(p.name, p.sha, perm if perm != list(range(len(perm))) else None,
                                        round(best.asr, 4) if best else None, best.trigger.text if best else None,
                                        round(agree, 4) if agree is not None else None,
-                                       own_trigger=None if a is None else {
-                                           "trigger": a.result.trigger.text, "target_label": target.labels[a.result.label],
-                                           "position": a.result.position, "asr": round(a.result.asr, 4),
-                                           "others_max": round(max(a.others), 4)}))
+                                       own_trigger=None if a is None else _alert_record(a, target.labels)))
     discovery_record = None
     if discovery is not None:
         discovery_record = {"base": discovery.base, "tried": discovery.tried, "kept": [p.name for p in peers],
@@ -294,6 +288,12 @@ def top_candidates(target: ProbeResult, peers: list[ProbeResult], k: int = 5) ->
     return rows[:k]
 
 
+def _alert_record(a, labels: list[str]) -> dict:
+    """A peer's own trigger as the report shows it (``peers[].own_trigger``, ``defense.excluded_peers``)."""
+    return {"trigger": a.result.trigger.text, "target_label": labels[a.result.label], "position": a.result.position,
+            "asr": round(a.result.asr, 4), "others_max": round(max(a.others), 4)}
+
+
 def _rounded(c: CleanMetrics) -> CleanMetrics:
     r = lambda x: None if x is None else round(x, 4)  # noqa: E731
     return CleanMetrics(r(c.accuracy_before), r(c.accuracy_after), r(c.agreement_after), c.n, c.labelled)
@@ -301,11 +301,11 @@ def _rounded(c: CleanMetrics) -> CleanMetrics:
 
 def hub_for(target: str, hub_dir: str | None):
     """The hub a reference lives on: ``None`` for a local folder, a LocalHub, or the Hub."""
-    from .hub import HfHub, LocalHub
+    from .hub import HfHub, LocalHub, local_hub_dir
 
     if Path(target).expanduser().is_dir() or not looks_like_repo_id(target):
         return None  # a folder (or a path that does not exist: resolve() says so)
-    hub_dir = hub_dir or os.environ.get("HFSCAN_HUB_DIR")
+    hub_dir = local_hub_dir(hub_dir)
     if hub_dir:
         return LocalHub(hub_dir)
     return HfHub()
@@ -367,12 +367,12 @@ def _card_base(target: ResolvedModel, hub_dir: str | None) -> ResolvedModel | No
 
 def resolve_base(ref: str, hub_dir: str | None) -> ResolvedModel:
     """A base model may be a bare encoder (no classifier head): only its weights are needed."""
-    from .hub import LocalHub
+    from .hub import LocalHub, local_hub_dir
     from .weights import WeightSet
 
     path = Path(ref).expanduser()
-    if not path.is_dir() and (hub_dir or os.environ.get("HFSCAN_HUB_DIR")):
-        path = LocalHub(hub_dir or os.environ["HFSCAN_HUB_DIR"]).repo_path(ref)
+    if not path.is_dir() and local_hub_dir(hub_dir):
+        path = LocalHub(local_hub_dir(hub_dir)).repo_path(ref)
     if not path.is_dir():
         raise HfscanError(f"base model {ref}: no such folder")
     ws = WeightSet.open(path, label=ref)

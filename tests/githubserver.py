@@ -40,11 +40,18 @@ class _Handler(BaseHTTPRequestHandler):
     def _body(self):
         return json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
 
-    def do_GET(self):
+    def _begin(self, method: str) -> str | None:
+        """Authenticate and log the request; its path, or None once a 401 has been sent."""
         if not self._auth():
-            return
+            return None
         path = urlparse(self.path).path
-        self.server.log.append(("GET", path))
+        self.server.log.append((method, path))
+        return path
+
+    def do_GET(self):
+        path = self._begin("GET")
+        if path is None:
+            return
         m = re.fullmatch(r"/repos/([^/]+)/([^/]+)", path)
         if m:
             o, r = m.groups()
@@ -57,10 +64,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(404, {"message": "Not Found"})
 
     def do_POST(self):
-        if not self._auth():
+        path = self._begin("POST")
+        if path is None:
             return
-        path = urlparse(self.path).path
-        self.server.log.append(("POST", path))
         m = re.fullmatch(r"/repos/([^/]+)/([^/]+)/issues", path)
         if m:
             o, r = m.groups()
@@ -72,10 +78,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(404, {"message": "Not Found"})
 
     def do_PATCH(self):
-        if not self._auth():
+        path = self._begin("PATCH")
+        if path is None:
             return
-        path = urlparse(self.path).path
-        self.server.log.append(("PATCH", path))
         m = re.fullmatch(r"/repos/([^/]+)/([^/]+)/issues/(\d+)", path)
         if m:
             o, r, n = m.groups()

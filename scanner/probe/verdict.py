@@ -156,8 +156,8 @@ def suspect_peers(target: ProbeResult, peers: list[ProbeResult], t: Thresholds =
 
     A merge would import such a trigger into the defended variant (measured: merging a victim with
     three backdoored MiniLM-L6 peers left two of their triggers at 73-76% ASR). The test is the
-    target's, without the null: ASR >= ``backdoor_asr``, a gap >= ``backdoor_gap`` over the median
-    of the other models and >= ``backdoor_over_max`` over each of them. A learned shortcut of a peer
+    target's backdoor level (`level_of`) without a null: ASR >= ``backdoor_asr``, a gap >=
+    ``backdoor_gap`` over the median of the other models and >= ``backdoor_over_max`` over each of them. A learned shortcut of a peer
     fine-tuned on another domain is flagged too, which is what a merge should avoid as well.
     """
     alerts = []
@@ -170,9 +170,10 @@ def suspect_peers(target: ProbeResult, peers: list[ProbeResult], t: Thresholds =
             others = [x.asr for m in models if (x := m.lookup(r.trigger.text, r.label)) is not None]
             if len(others) < len(models):
                 continue
-            if r.asr - statistics.median(others) >= t.backdoor_gap and r.asr - max(others) >= t.backdoor_over_max:
-                if best is None or r.asr - max(others) > best.result.asr - max(best.others):
-                    best = PeerAlert(i, r, others)
+            over_max = r.asr - max(others)
+            if level_of(r.asr, _gap(r.asr, others), None, t, None, over_max) == BACKDOOR and (
+                    best is None or over_max > best.result.asr - max(best.others)):
+                best = PeerAlert(i, r, others)
         if best is not None:
             alerts.append(best)
     return alerts

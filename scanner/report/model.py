@@ -97,7 +97,7 @@ class Defense:
     library_asr_max_after: float | None = None
     note: str = ""
     candidates: list[dict] = field(default_factory=list)  # every merge tried by the defense search
-    excluded_peers: list[dict] = field(default_factory=list)  # peers not merged: [{id, trigger, asr, ...}]
+    excluded_peers: list[dict] = field(default_factory=list)  # peers not merged: [{id, **own_trigger}]
     peer_triggers_after: dict = field(default_factory=dict)  # peers' own triggers: ASR on the defended model
 
 
