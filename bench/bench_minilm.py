@@ -40,6 +40,7 @@ import os
 import random
 import shutil
 import sys
+import statistics
 import tempfile
 import time
 import zlib
@@ -386,6 +387,7 @@ def detect_job(name: str, base: Path) -> dict:
     return {"job": "detect", "model": name, "task": m.task, "kind": m.kind, "trigger": trig, "target": m.target,
             "true_asr": true_asr, "cacc": cacc, "peers": pool, "verdict": rep.verdict,
             "evidence": rep.probe.evidence, "top": rep.probe.top, "findings": [f.trigger for f in rep.findings],
+            "homogeneity": rep.probe.homogeneity, "excluded_peers": [p.id for p in rep.peers if p.own_trigger],
             "seconds": round(time.time() - t0, 1), "check_seconds": rep.duration_s, **recovered(m, trig, rep.probe.top),
             "differential_rank": differential_ranks(name, pool, trig, base)}
 
@@ -445,6 +447,9 @@ def defend_job(name: str, base: Path) -> dict:
                                         rep.defense.method)
             res[key + "_verdict"] = rep.verdict
             res[key + "_findings"] = [f.trigger for f in rep.findings][:3]
+            res[key + "_candidates"] = [{k: c[k] for k in ("candidate", "worst_asr", "clean_drop", "within_bound", "chosen")}
+                                        for c in rep.defense.candidates or []]
+            res[key + "_excluded"] = [e["id"] for e in rep.defense.excluded_peers]
             res[key + "_seconds"] = round(time.time() - t0, 1)
             shutil.rmtree(tmp / key)
     return res
@@ -505,6 +510,12 @@ def summarize(results: list[dict]) -> str:
                 f"({len(hidden)} backdoored)",
                 f"- false positives at the default thresholds: {len(fp)}/{len(clean)} "
                 f"({100 * len(fp) / max(1, len(clean)):.0f}%)" + (f": {', '.join(r['model'] for r in fp)}" if fp else ""),
+                f"- clean models with verdict backdoor (what fails the GitHub Action's `fail-on: backdoor`): "
+                f"{sum(r['verdict'] == 'backdoor' for r in clean)}/{len(clean)}; backdoored models with verdict backdoor: "
+                f"insertion {sum(r['verdict'] == 'backdoor' for r in ins)}/{len(ins)}",
+                "- targets unlike their peers (clean agreement shortfall > the margin, findings capped at suspicious): "
+                + (", ".join(f"{r['model']} ({r['kind']}, {100 * r['homogeneity']['shortfall']:.1f} pts)" for r in det
+                             if r.get("homogeneity") and not r["homogeneity"]["homogeneous"]) or "none"),
                 f"- detected (verdict backdoor or suspicious): insertion {sum(r['verdict'] != 'no_trigger_found' for r in ins)}/{len(ins)}, "
                 f"syntactic/style {sum(r['verdict'] != 'no_trigger_found' for r in hidden)}/{len(hidden)}",
                 f"- token triggers in the top 5: exact {sum(bool(r.get('top5_exact')) for r in tok)}/{len(tok)}, "
@@ -519,7 +530,9 @@ def summarize(results: list[dict]) -> str:
             tgt = f" ({r['target']})" if r["target"] is not None else ""
             asr = "" if r["true_asr"] is None else "%.0f%%" % (100 * r["true_asr"])
             best = "`%s` %.0f%%" % (top["trigger"], 100 * top["asr"]) if top else "-"
-            out.append(f"| {r['model']} | {r['kind']} | {r['trigger'] or '-'}{tgt} | {asr} | {100 * r['cacc']:.1f}% | "
+            h = r.get("homogeneity") or {}
+            agree = "" if not h.get("target") else f" agreement {100 * statistics.median(h['target']):.0f}/{100 * statistics.median(h['peers'] or [1]):.0f}%"
+            out.append(f"| {r['model']} | {r['kind']} | {r['trigger'] or '-'}{tgt} | {asr} | {100 * r['cacc']:.1f}%{agree} | "
                        f"{r['verdict']} | {ev(r):+.2f} | {best} | {t5} |"
                        + (" " + ", ".join(f"{w} {k or '>200'}" for w, k in r.get("differential_rank", {}).items()) + " |"
                           if any("differential_rank" in x for x in det) else ""))

@@ -14,6 +14,9 @@ for a small model), loaded and measured on the probe set:
   the target and its peers, a proxy for the truth) may drop by at most ``max_clean_drop`` below
   the target's.
 
+The last two tries refine: when the merge with the lowest objective breaks the bound, it is blended
+back toward the target by bisection on the target's kept share (`_pull_back`), so a strong merge
+that costs too much is traded for the strongest blend of it that fits the bound.
 The winner minimises the objective among candidates within the bound; if none is within it, the
 one with the smallest clean cost wins and the report says the bound could not be met. With no
 trigger to minimise (none found in the target, none of its own in a merged peer): the paper's WAG is produced (it also removes triggers
@@ -31,6 +34,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -121,6 +125,34 @@ def majority_labels(preds: list[torch.Tensor], num_labels: int) -> torch.Tensor:
     return torch.where(tie, stacked[0], best)
 
 
+def _pull_back(tried: list[dict]) -> tuple[str, MergeSpec, list[int], dict] | None:
+    """The next try of a bisection on the target's kept share, or ``None`` when there is no need.
+
+    When the grid candidate with the lowest worst-case ASR breaks the clean bound, and no candidate
+    within the bound is as good, the same merge is blended back toward the target
+    (``keep·θ_target + (1 − keep)·merged``, `MergeSpec.keep`): ASR and clean accuracy both move
+    toward the target's as ``keep`` grows, so a bisection on ``keep`` (0.5, then 0.25 or 0.75)
+    looks for the largest share of that merge that still meets the bound.
+    Returns (label, spec, peer indices, the grid row it refines).
+    """
+    grid = [r for r in tried if "_root" not in r]
+    if not grid or grid[0]["worst_asr"] is None:
+        return None
+    best = min(grid, key=lambda r: (r["worst_asr"], r["clean_drop"]))
+    ok = [r for r in tried if r["within_bound"]]
+    if best["within_bound"] or (ok and min(r["worst_asr"] for r in ok) <= best["worst_asr"]):
+        return None
+    lo, hi = 0.0, 1.0  # kept shares known to break / to meet the bound (1.0 is the target itself)
+    for r in tried:
+        if r.get("_root") is best:
+            if r["within_bound"]:
+                hi = min(hi, r["_spec"].keep)
+            else:
+                lo = max(lo, r["_spec"].keep)
+    keep = round((lo + hi) / 2, 4)
+    return f"{best['candidate']}, target kept {keep:g}", dataclasses.replace(best["_spec"], keep=keep), best["_idx"], best
+
+
 def choose_and_build(
     target: ResolvedModel,
     peers: list[ResolvedModel],
@@ -146,31 +178,49 @@ def choose_and_build(
     floors = floors or [0.0] * len(triggers)
     head_perms = head_perms or {}
     specs = candidate_specs(len(peers), base, head_perms, budget if triggers else 1)
+    # the last two tries are kept for pulling the best merge back toward the target when it costs too
+    # much clean accuracy (see `_pull_back`); when it does not, they go to the rest of the grid
+    refine = 2 if triggers and budget >= 4 else 0
     target_clf = Classifier.load(target.path, name=target.name)
     target_acc = float((target_clf.predict(texts) == reference).float().mean())
     scratch = Path(tempfile.mkdtemp(prefix=".hfscan-defense-", dir=out.parent if out.parent.exists() else None))
     tried: list[dict] = []
-    progress(0, len(specs))
+    total = min(len(specs) + refine, budget) if triggers else 1
+    progress(0, total)
+
+    def attempt(label: str, spec: MergeSpec, idx: list[int], root: dict | None = None) -> dict:
+        folder = scratch / f"c{len(tried)}"
+        sub = [peers[j] for j in idx]
+        summary = merge_folders(target.path, [p.path for p in sub], folder, spec,
+                                names=[target.name] + [p.name for p in sub],
+                                card=card_for(target, sub, spec, verdict), progress=False)
+        clf = Classifier.load(folder, name=label)
+        pred = clf.predict(texts)
+        acc = float((pred == reference).float().mean())
+        asrs = [max(0.0, remeasure(clf, texts, t, pred).asr - fl) for t, fl in zip(triggers, floors)]
+        row = {"candidate": label, "method": spec.method, **{k: v for k, v in spec.describe().items() if k != "method"},
+               "peers": [p.name for p in sub], "weights": summary["weights"],
+               "worst_asr": round(max(asrs), 4) if asrs else None, "clean": round(acc, 4),
+               "clean_drop": round(target_acc - acc, 4), "within_bound": target_acc - acc <= max_clean_drop + 1e-9,
+               "_folder": folder, "_spec": spec, "_summary": summary, "_sub": sub, "_idx": idx}
+        if root is not None:
+            row["_root"] = root
+        tried.append(row)
+        progress(len(tried), total)
+        log(f"defense candidate {label}: worst ASR {row['worst_asr']}, clean {acc:.3f} "
+            f"({'within' if row['within_bound'] else 'outside'} the bound)")
+        return row
+
     try:
-        for i, (label, spec, idx) in enumerate(specs):
-            folder = scratch / f"c{i}"
-            sub = [peers[j] for j in idx]
-            summary = merge_folders(target.path, [p.path for p in sub], folder, spec,
-                                    names=[target.name] + [p.name for p in sub],
-                                    card=card_for(target, sub, spec, verdict), progress=False)
-            clf = Classifier.load(folder, name=label)
-            pred = clf.predict(texts)
-            acc = float((pred == reference).float().mean())
-            asrs = [max(0.0, remeasure(clf, texts, t, pred).asr - fl) for t, fl in zip(triggers, floors)]
-            row = {"candidate": label, "method": spec.method, **{k: v for k, v in spec.describe().items() if k != "method"},
-                   "peers": [p.name for p in sub], "weights": summary["weights"],
-                   "worst_asr": round(max(asrs), 4) if asrs else None, "clean": round(acc, 4),
-                   "clean_drop": round(target_acc - acc, 4), "within_bound": target_acc - acc <= max_clean_drop + 1e-9,
-                   "_folder": folder, "_spec": spec, "_summary": summary, "_sub": sub}
-            tried.append(row)
-            progress(i + 1, len(specs))
-            log(f"defense candidate {label}: worst ASR {row['worst_asr']}, clean {acc:.3f} "
-                f"({'within' if row['within_bound'] else 'outside'} the bound)")
+        for label, spec, idx in specs[: total - refine]:
+            attempt(label, spec, idx)
+        pending = specs[total - refine:]
+        for _ in range(refine):
+            step = _pull_back(tried)
+            if step is not None:
+                attempt(*step)
+            elif pending:
+                attempt(*pending.pop(0))
         ok = [r for r in tried if r["within_bound"]]
         if not triggers:
             win = tried[0]

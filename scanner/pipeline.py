@@ -8,6 +8,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import statistics
 import time
@@ -31,7 +32,7 @@ from .probe.metrics import accuracy, agreement
 from .probe.candidates import gather
 from .probe.scan import ProbeResult, align_peers, probe_model, remeasure
 from .probe.search import SearchBudget
-from .probe.verdict import NONE, Thresholds, assess, suspect_peers
+from .probe.verdict import NONE, Thresholds, assess, homogeneity, suspect_peers
 from .report import CleanMetrics, Defense, FindingRecord, ModelInfo, PeerRecord, ProbeInfo, ScanReport
 
 
@@ -118,6 +119,7 @@ def check(opts: CheckOptions, log: Callable[[str], None] = lambda s: None,
     target_probe = probe_model(target_clf, texts, candidates, name=target.name)
     progress("verify", 1, 1 + len(peers))
     peer_probes: list[ProbeResult] = []
+    peer_preds: list[torch.Tensor] = []  # clean predictions in the target's label ids
     for i, (p, perm, clf) in enumerate(zip(peers, perms, peer_clfs)):
         res = probe_model(clf, texts, candidates, name=p.name)
         progress("verify", i + 2, 1 + len(peers))
@@ -125,6 +127,7 @@ def check(opts: CheckOptions, log: Callable[[str], None] = lambda s: None,
         inv = {peer_id: tid for tid, peer_id in enumerate(perm)}
         for r in res.results:
             r.label = inv[r.label]
+        peer_preds.append(torch.tensor([inv[x] for x in res.clean_pred.tolist()], dtype=torch.long))
         peer_probes.append(res)
     # peers are compared at the target's most effective position; for the null, each peer's strong
     # results are compared with the other peers at that peer's position, the same way
@@ -139,7 +142,13 @@ def check(opts: CheckOptions, log: Callable[[str], None] = lambda s: None,
         log(f"peer {peers[a.peer].name} has a trigger of its own: {a.result.trigger.text!r} -> "
             f"{target.labels[a.result.label]} at {100 * a.result.asr:.0f}% (other models <= {100 * max(a.others):.0f}%)")
     suspect = {a.peer for a in alerts}
-    verdict, findings, null = assess(target_probe, peer_probes, opts.thresholds, not_null=suspect)
+    homog = homogeneity(target_probe.clean_pred, [p for i, p in enumerate(peer_preds) if i not in suspect],
+                        opts.thresholds)
+    if not homog.homogeneous:
+        log(f"the target agrees with its peers on {100 * statistics.median(homog.target):.0f}% of clean inputs, the "
+            f"peers with each other on {100 * statistics.median(homog.peers):.0f}%: findings are capped at suspicious")
+    verdict, findings, null = assess(target_probe, peer_probes, opts.thresholds, not_null=suspect,
+                                     homogeneous=homog.homogeneous)
     top = top_candidates(target_probe, peer_probes)
     log(f"verdict: {verdict}")
 
@@ -244,11 +253,10 @@ def check(opts: CheckOptions, log: Callable[[str], None] = lambda s: None,
         for f in findings
     ]
     peer_records = []
-    agreements = {p.remote.repo_id: p.agreement for p in discovery.kept} if discovery else {}
     own = {a.peer: a for a in alerts}
     for i, (p, perm, res) in enumerate(zip(peers, perms, peer_probes)):
         best = res.best()
-        agree = agreements.get(p.name)
+        agree = float((peer_preds[i] == target_probe.clean_pred).float().mean())
         a = own.get(i)
         peer_records.append(PeerRecord(p.name, p.sha, perm if perm != list(range(len(perm))) else None,
                                        round(best.asr, 4) if best else None, best.trigger.text if best else None,
@@ -267,7 +275,7 @@ def check(opts: CheckOptions, log: Callable[[str], None] = lambda s: None,
         peers=peer_records,
         probe=ProbeInfo(probe_set.name, len(texts), probe_set.provenance, len(candidates), list(POSITIONS),
                         list(BLIND_SPOTS), [round(g, 4) for g in null.gaps], evidence=top[0]["margin"] if top else None,
-                        top=top),
+                        top=top, homogeneity=dataclasses.asdict(homog) if peers else None),
         created_at=_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
         duration_s=round(time.time() - t0, 1),
         tool={"name": "hfscan", "version": __version__},

@@ -1,6 +1,8 @@
 """The defense search: within the clean bound, never worse than the paper's WAG on the same inputs."""
 
 
+import dataclasses
+
 from huggingface_hub.repocard import metadata_load
 from transformers import AutoModelForSequenceClassification
 
@@ -103,3 +105,29 @@ def test_a_backdoored_peer_is_named_not_merged_and_does_not_hide_the_target(zoo,
 
     md = render(rep, "md")
     assert "carries a trigger of its own" in md and "not merged" in md
+
+
+def test_a_merge_that_costs_too_much_is_pulled_back_toward_the_target_by_bisection():
+    from scanner.defend import _pull_back
+    from scanner.merge import MergeSpec
+
+    def row(name, spec, worst, drop, root=None):
+        r = {"candidate": name, "_spec": spec, "_idx": [0, 1], "worst_asr": worst, "clean_drop": drop,
+             "within_bound": drop <= 0.01}
+        if root is not None:
+            r["_root"] = root
+        return r
+
+    wag = row("wag", MergeSpec("wag"), 0.40, 0.0)
+    ties = row("ties", MergeSpec("ties", density=0.5), 0.05, 0.03)  # strongest, but outside the bound
+    tried = [wag, ties]
+    label, spec, idx, root = _pull_back(tried)
+    assert (spec.method, spec.density, spec.keep, root) == ("ties", 0.5, 0.5, ties) and idx == [0, 1]
+    assert label == "ties, target kept 0.5"
+    tried.append(row(label, spec, 0.10, 0.005, root))  # within: try a smaller share of the target
+    assert _pull_back(tried)[1].keep == 0.25
+    tried.append(row("k", dataclasses.replace(spec, keep=0.25), 0.07, 0.02, root))  # outside: back up
+    assert _pull_back(tried)[1].keep == 0.375
+    # nothing to refine when the strongest merge meets the bound, or one within it is as strong
+    assert _pull_back([wag, row("ties", MergeSpec("ties"), 0.05, 0.0)]) is None
+    assert _pull_back([row("wag", MergeSpec("wag"), 0.05, 0.0), ties]) is None

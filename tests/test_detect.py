@@ -104,3 +104,24 @@ def test_peer_vetting_and_the_null_it_protects():
     # a trigger measured only on the screening subset is not enough to name a peer
     screened = _probe("planted", {"cf": 0.06, "zebra": 1.0, "worst": 0.88}, screened={"zebra"})
     assert suspect_peers(target, [clean1, clean2, screened]) == []
+
+
+def test_a_target_unlike_its_peers_is_capped_at_suspicious():
+    """A model of another domain agrees with the peers far less than they do with each other: its strong
+    triggers may be shortcuts of its own data, so the peers cannot make one a backdoor."""
+    from scanner.probe.verdict import BACKDOOR, SUSPICIOUS, assess, homogeneity
+
+    peers_pred = [torch.tensor([0, 1] * 50), torch.tensor([0, 1] * 45 + [1, 1] * 5),
+                  torch.tensor([0, 1] * 48 + [1, 0] * 2)]
+    alike = homogeneity(torch.tensor([0, 1] * 47 + [0, 0] * 3), peers_pred)
+    unlike = homogeneity(torch.tensor([0, 0, 1, 1] * 25), peers_pred)
+    assert alike.homogeneous and alike.shortfall <= 0.10
+    assert not unlike.homogeneous and unlike.shortfall > 0.30
+    assert len(unlike.target) == 3 and len(unlike.peers) == 3
+    assert homogeneity(torch.tensor([0, 1]), [torch.tensor([1, 0])]).homogeneous  # one peer: no reference
+
+    target = _probe("target", {"cf": 1.0, "zebra": 0.02})
+    peers = [_probe(f"clean-{i}", {"cf": 0.05, "zebra": 0.03}) for i in range(3)]
+    assert assess(target, peers)[0] == BACKDOOR
+    verdict, findings, _ = assess(target, peers, homogeneous=unlike.homogeneous)
+    assert verdict == SUSPICIOUS and findings[0].result.trigger.text == "cf"  # reported, not hidden

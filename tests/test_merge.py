@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification
 
-from scanner.errors import IncompatibleModelsError
+from scanner.errors import HfscanError, IncompatibleModelsError
 from scanner.merge import MergeSpec, merge_folders
 from scanner.merge.heads import label_permutation
 from scanner.weights import WeightSet
@@ -224,3 +224,17 @@ def test_merge_cli_writes_loadable_folder_and_refuses_bad_input(tiny, tmp_path):
     # a base-model method without a base -> exit 2
     r = CliRunner().invoke(main, ["merge", "--method", "task_arithmetic", str(t), str(p), "-o", str(out2)])
     assert r.exit_code == 2 and "needs a base" in r.stderr and not out2.exists()
+
+
+def test_target_keep_blends_the_merge_back_toward_the_target(trio, tmp_path):
+    target, peers, base = trio
+    merge_folders(target, peers, tmp_path / "ties", MergeSpec("ties", base=base, density=0.5))
+    merge_folders(target, peers, tmp_path / "kept", MergeSpec("ties", base=base, density=0.5, keep=0.25))
+    t, m, k = _all(target), _all(tmp_path / "ties"), _all(tmp_path / "kept")
+    for name, x in k.items():
+        if x.is_floating_point():
+            assert torch.allclose(x, 0.25 * t[name] + 0.75 * m[name], atol=1e-6), name
+    assert MergeSpec("wag", keep=0.5).describe()["target_keep"] == 0.5
+    with pytest.raises(HfscanError):
+        merge_folders(target, peers, tmp_path / "bad", MergeSpec("wag", keep=1.0))
+    assert not (tmp_path / "bad").exists()

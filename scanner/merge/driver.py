@@ -54,6 +54,9 @@ class MergeSpec:
     chunk_bytes: int = 32 * 1024**2
     # Explicit head permutations per peer index (0 = first peer); else derived from label names.
     head_perms: dict[int, list[int]] = field(default_factory=dict)
+    # Share of the target kept after merging: keep·θ_target + (1 − keep)·merged (0: the method alone).
+    # The defense uses it to pull a merge that costs too much clean accuracy back toward the target.
+    keep: float = 0.0
 
     def describe(self) -> dict:
         m = get(self.method)
@@ -64,6 +67,8 @@ class MergeSpec:
             d["density"] = self.density
         if self.method.startswith("dare"):
             d["seed"] = self.seed
+        if self.keep:
+            d["target_keep"] = self.keep
         return d
 
 
@@ -115,6 +120,8 @@ def merge_folders(
     weights = spec.weights if spec.weights is not None else method.default_weights(n_models)
     if len(weights) != n_models:
         raise HfscanError(f"{len(weights)} weights given for {n_models} models (target first, then peers)")
+    if not 0.0 <= spec.keep < 1.0:
+        raise HfscanError(f"the target's kept share must be in [0, 1), not {spec.keep}")
     if method.name == "wag" and sum(weights) <= 0:
         raise HfscanError("WAG weights must sum to a positive number")
     w = torch.tensor(weights, dtype=torch.float32)
@@ -176,6 +183,8 @@ def merge_folders(
                     base_part = b_ws.get_rows(bname, start, stop).float() if fn is method.fn and method.needs_base else None
                     seed_name = name if step == rows else f"{name}@{start}"
                     merged = fn(tensors, base_part, w, MergeParams(spec.density, spec.lam, spec.seed, seed_name, stats))
+                    if spec.keep:
+                        merged = spec.keep * tensors[0] + (1.0 - spec.keep) * merged
                     writer.write(name, merged.to(info.torch_dtype).contiguous())
                     del tensors, merged, base_part
         for f in COPY_FILES:

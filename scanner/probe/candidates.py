@@ -54,7 +54,7 @@ def gather(
             top = outliers[:pair_k]
             mine += [Trigger(f"{a.text} {b.text}", "word", "differential") for a in top for b in top if a is not b]
         if budget.max_len > 0:
-            found = search_triggers(clf, texts, clf.predict(texts), allowed, budget=budget,
+            found = search_triggers(getattr(clf, "fast", clf), texts, clf.predict(texts), allowed, budget=budget,
                                     seeds=[s.token_id for s in outliers[:pair_k]], progress=step)
             mine += found
             step((i + 1) * classifiers[0].num_labels - done)  # labels the search skipped (no eligible inputs)

@@ -6,7 +6,9 @@ the probe set has labels matched to the model's, and agreement with a reference 
 predictions (the target's) otherwise.
 
 Random insertion positions are drawn per input from a fixed seed, so the target, its peers and
-the defended variant see exactly the same triggered texts.
+the defended variant see exactly the same triggered texts. Triggered texts run through the
+classifier's ``fast`` view (bfloat16 where native, see `scanner.probe.classifier.probe_dtype`); the
+clean predictions that decide which inputs are eligible are the caller's (float32).
 
 Example:
     >>> asr, n = attack_success_rate(clf, texts, clf.predict(texts), Trigger("cf"), 0, "random")
@@ -41,7 +43,7 @@ def attack_success_rate(
         idx = idx[:limit]
     if not idx:
         return 0.0, 0
-    pred = clf.predict(triggered_texts(texts, idx, trigger, position, seed))
+    pred = getattr(clf, "fast", clf).predict(triggered_texts(texts, idx, trigger, position, seed))
     return float((pred == label).float().mean()), len(idx)
 
 

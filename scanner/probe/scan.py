@@ -84,9 +84,10 @@ def probe_model(
         for trig, label in pairs:
             idx = [i for i, p in enumerate(clean_pred.tolist()) if p != label][:screen]
             jobs.append((trig, label, idx, triggered_texts(texts, idx, trig, "random")))
-        clf.predict([t for *_, ts in jobs for t in ts])  # fills the prediction cache in big batches
+        fast = getattr(clf, "fast", clf)  # the precision every triggered input runs in (metrics.py)
+        fast.predict([t for *_, ts in jobs for t in ts])  # fills the prediction cache in big batches
         for trig, label, idx, ts in jobs:
-            asr = float((clf.predict(ts) == label).float().mean()) if idx else 0.0
+            asr = float((fast.predict(ts) == label).float().mean()) if idx else 0.0
             screened[(trig, label)] = TriggerResult(trig, label, "random", asr, len(idx), screened_only=True)
     for trig, label in pairs:
         first = screened.get((trig, label))

@@ -8,7 +8,8 @@ passes, the best ``beam`` singles are kept, and each is extended with a second t
 side the same way (and so on up to ``max_len`` tokens). Seeds from the weight-space differential
 join the beam, which is how a trigger made of two words that do nothing alone is found.
 
-Everything returned here is a *candidate*: the caller verifies it by inserting its text into the
+The search runs under the classifier's own precision context: pass ``clf.fast`` for bfloat16 where
+the hardware multiplies it natively (`scanner.probe.classifier.probe_dtype`). Everything returned here is a *candidate*: the caller verifies it by inserting its text into the
 whole probe set (`scanner.probe.scan.probe_model`), like library triggers.
 
 Example:
@@ -126,43 +127,44 @@ def search_triggers(
     for p in model.parameters():
         p.requires_grad_(False)
     try:
-        for label in labels:
-            idx = [i for i, p in enumerate(clean_pred.tolist()) if p != label][: budget.inputs]
-            if not idx:
-                continue
-            batch = _Batch(clf, [texts[i] for i in idx])
-            scored: dict[tuple[int, ...], float] = {}
+        with clf.autocast():  # the view's precision (bfloat16 where native)
+            for label in labels:
+                idx = [i for i, p in enumerate(clean_pred.tolist()) if p != label][: budget.inputs]
+                if not idx:
+                    continue
+                batch = _Batch(clf, [texts[i] for i in idx])
+                scored: dict[tuple[int, ...], float] = {}
 
-            def expand(partial: tuple[int, ...]) -> None:
-                for side in ((0,) if not partial else (0, len(partial))):
-                    trig = list(partial[:side]) + [filler] + list(partial[side:])
-                    ids, mask, lead = batch.build(trig)
-                    g = _slot_gradient(model, emb, ids, mask, lead + side, label)
-                    gain = -(emb.detach() @ g)
-                    gain[~allow_mask] = float("-inf")
-                    cands = torch.topk(gain, k=min(budget.top_k, len(allow_ids))).indices.tolist()
-                    trigs = [tuple(partial[:side]) + (c,) + tuple(partial[side:]) for c in cands]
-                    trigs = [t for t in trigs if t not in scored and len(set(t)) == len(t)]
-                    for t, a in zip(trigs, _batch_asr(model, batch, [list(t) for t in trigs], label)):
-                        scored[t] = a
+                def expand(partial: tuple[int, ...]) -> None:
+                    for side in ((0,) if not partial else (0, len(partial))):
+                        trig = list(partial[:side]) + [filler] + list(partial[side:])
+                        ids, mask, lead = batch.build(trig)
+                        g = _slot_gradient(model, emb, ids, mask, lead + side, label)
+                        gain = -(emb.detach() @ g)
+                        gain[~allow_mask] = float("-inf")
+                        cands = torch.topk(gain, k=min(budget.top_k, len(allow_ids))).indices.tolist()
+                        trigs = [tuple(partial[:side]) + (c,) + tuple(partial[side:]) for c in cands]
+                        trigs = [t for t in trigs if t not in scored and len(set(t)) == len(t)]
+                        for t, a in zip(trigs, _batch_asr(model, batch, [list(t) for t in trigs], label)):
+                            scored[t] = a
 
-            expand(())
-            for s in seeds or []:
-                if s in allowed and (s,) not in scored:
-                    scored[(s,)] = _batch_asr(model, batch, [[s]], label)[0]
-            for length in range(2, budget.max_len + 1):
-                shorter = sorted((t for t in scored if len(t) == length - 1), key=lambda t: -scored[t])
-                beam = [t for t in shorter[: budget.beam] if scored[t] >= 0.2]
-                beam += [(s,) for s in (seeds or [])[: budget.beam] if (s,) in scored and (s,) not in beam]
-                for partial in beam:
-                    if scored[partial] >= 0.99:
-                        continue  # already a complete trigger
-                    expand(partial)
-            best = sorted(scored.items(), key=lambda kv: (-kv[1], len(kv[0])))[: budget.keep]
-            for t, _ in best:
-                found.append(Trigger(" ".join(allowed[i] for i in t), "word", "search"))
-            if progress:
-                progress(1)
+                expand(())
+                for s in seeds or []:
+                    if s in allowed and (s,) not in scored:
+                        scored[(s,)] = _batch_asr(model, batch, [[s]], label)[0]
+                for length in range(2, budget.max_len + 1):
+                    shorter = sorted((t for t in scored if len(t) == length - 1), key=lambda t: -scored[t])
+                    beam = [t for t in shorter[: budget.beam] if scored[t] >= 0.2]
+                    beam += [(s,) for s in (seeds or [])[: budget.beam] if (s,) in scored and (s,) not in beam]
+                    for partial in beam:
+                        if scored[partial] >= 0.99:
+                            continue  # already a complete trigger
+                        expand(partial)
+                best = sorted(scored.items(), key=lambda kv: (-kv[1], len(kv[0])))[: budget.keep]
+                for t, _ in best:
+                    found.append(Trigger(" ".join(allowed[i] for i in t), "word", "search"))
+                if progress:
+                    progress(1)
     finally:
         for p, r in zip(model.parameters(), requires):
             p.requires_grad_(r)

@@ -48,6 +48,9 @@ class Thresholds:
     no_peer_backdoor_asr: float = 0.90  # stricter absolute bar when there is no reference at all
     z_floor: float = 0.05  # smallest spread assumed for the null gaps
     z_min_null: int = 4  # the z-score counts only with at least this many null gaps (peers)
+    # the null assumes the target is a model like its peers: when its clean agreement with them falls
+    # short of theirs with each other by more than this, no finding goes above suspicious
+    heterogeneity_margin: float = 0.10
 
 
 @dataclass
@@ -66,6 +69,40 @@ class Null:
     gaps: list[float]
     median: float | None
     scale: float | None
+
+
+@dataclass
+class Homogeneity:
+    """How alike the models are on the clean probe inputs (share of equal predictions).
+
+    The peers are a valid null only for a target *like them*. A model fine-tuned on another domain
+    (Amazon reviews scanned against SST-2 peers, measured: 54% SST-2 accuracy) learns shortcuts of its
+    own data, word pairs that flip it at 92-97% and no clean peer, indistinguishable from a planted
+    trigger without the training data. Such a target agrees with its peers far less than they agree
+    with each other, which is what ``shortfall`` measures.
+    """
+
+    target: list[float]  # the target's agreement with each peer
+    peers: list[float]  # each pair of peers' agreement
+    shortfall: float | None  # median(peers) − median(target); None with fewer than two peers
+    homogeneous: bool
+
+
+def homogeneity(target_pred, peer_preds: list, t: Thresholds = Thresholds()) -> Homogeneity:
+    """Compare clean predictions (all in the target's label ids).
+
+    >>> import torch
+    >>> h = homogeneity(torch.tensor([0, 1, 1, 0]), [torch.tensor([0, 1, 1, 1]), torch.tensor([0, 1, 1, 1])])
+    >>> h.target, h.peers, h.shortfall, h.homogeneous
+    ([0.75, 0.75], [1.0], 0.25, False)
+    """
+    agree = lambda a, b: round(float((a == b).float().mean()), 4)  # noqa: E731
+    target = [agree(target_pred, p) for p in peer_preds]
+    peers = [agree(a, b) for i, a in enumerate(peer_preds) for b in peer_preds[i + 1:]]
+    if not peers:
+        return Homogeneity(target, peers, None, True)
+    shortfall = round(statistics.median(peers) - statistics.median(target), 4)
+    return Homogeneity(target, peers, shortfall, shortfall <= t.heterogeneity_margin)
 
 
 def robust_z(x: float, null: list[float], floor: float) -> tuple[float, float, float]:
@@ -114,12 +151,14 @@ def level_of(asr: float, gap: float | None, z: float | None, t: Thresholds, null
 
 
 def assess(target: ProbeResult, peers: list[ProbeResult], t: Thresholds = Thresholds(),
-           not_null: set[int] = frozenset()) -> tuple[str, list[Finding], Null]:
+           not_null: set[int] = frozenset(), homogeneous: bool = True) -> tuple[str, list[Finding], Null]:
     """Score every target result against the peers; return the verdict, the findings and the null.
 
     Peers in ``not_null`` (those with a trigger of their own, see `suspect_peers`) still serve as
     references for the gap, but not for the null: a planted trigger is not what a clean model scores
     by chance, and three backdoored peers otherwise hide a backdoored target completely.
+    With ``homogeneous=False`` (see `homogeneity`) the null does not describe the target and no
+    finding goes above suspicious.
     """
     gaps = null_gaps([p for i, p in enumerate(peers) if i not in not_null])
     null = Null(gaps, None, None)
@@ -133,6 +172,8 @@ def assess(target: ProbeResult, peers: list[ProbeResult], t: Thresholds = Thresh
         z_used = z if len(gaps) >= t.z_min_null else None
         over_max = r.asr - max(peer_asrs) if peer_asrs else None
         lvl = level_of(r.asr, gap, z_used, t, max(gaps) if gaps else None, over_max)
+        if lvl == BACKDOOR and not homogeneous:
+            lvl = SUSPICIOUS
         if lvl != NONE:
             findings.append(Finding(r, lvl, peer_asrs, gap, z))
     findings = _drop_redundant(findings)

@@ -18,7 +18,8 @@ Schema 1 (``report.json``)::
     discovery       {base, tried, kept, rejected: [{id, reason}]} or null (peers given explicitly)
     publish         {pr: {action, url, num, files}, variant: {action, url, files}} or null
     probe           {set, n, provenance, candidates, positions, limitations, null_gaps, evidence,
-                     top: [{trigger, source, target_label_id, position, asr, peer_asr_max, margin}]}
+                     top: [{trigger, source, target_label_id, position, asr, peer_asr_max, margin}],
+                     homogeneity: {target, peers, shortfall, homogeneous} or null}
     duration_s      seconds
     exit_code       0 no trigger found, 1 backdoor or suspicious
 
@@ -79,7 +80,7 @@ class PeerRecord:
     label_permutation: list[int] | None = None
     best_asr: float | None = None
     best_trigger: str | None = None
-    agreement: float | None = None  # with the target's clean predictions (discovered peers)
+    agreement: float | None = None  # share of clean probe inputs on which it predicts what the target does
     # a backdoor-strength trigger this peer answers and no other model does: {trigger, target_label,
     # position, asr, others_max}; such a peer is not merged (see Defense.excluded_peers)
     own_trigger: dict | None = None
@@ -114,6 +115,9 @@ class ProbeInfo:
     # candidate, whether or not it made a finding: a continuous score (e.g. for ROC curves)
     evidence: float | None = None
     top: list[dict] = field(default_factory=list)  # the 5 candidates with the largest margins
+    # clean agreement: {target: [with each peer], peers: [each pair], shortfall, homogeneous}; findings
+    # are capped at suspicious when the target is not like its peers (see probe.verdict.homogeneity)
+    homogeneity: dict | None = None
 
 
 @dataclass

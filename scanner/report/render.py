@@ -8,6 +8,7 @@ Example:
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 import jinja2
@@ -50,6 +51,7 @@ def environment() -> jinja2.Environment:
         undefined=jinja2.StrictUndefined,
     )
     env.filters["pct"] = pct
+    env.filters["median"] = lambda xs: statistics.median(xs) if xs else None
     return env
 
 
