@@ -531,7 +531,8 @@ def summarize(results: list[dict]) -> str:
             asr = "" if r["true_asr"] is None else "%.0f%%" % (100 * r["true_asr"])
             best = "`%s` %.0f%%" % (top["trigger"], 100 * top["asr"]) if top else "-"
             h = r.get("homogeneity") or {}
-            agree = "" if not h.get("target") else f" agreement {100 * statistics.median(h['target']):.0f}/{100 * statistics.median(h['peers'] or [1]):.0f}%"
+            agree = "" if not h.get("target") else (f" agreement {100 * statistics.median(h['target']):.0f}/"
+                                                   + (f"{100 * statistics.median(h['peers']):.0f}%" if h["peers"] else "n/a"))
             out.append(f"| {r['model']} | {r['kind']} | {r['trigger'] or '-'}{tgt} | {asr} | {100 * r['cacc']:.1f}%{agree} | "
                        f"{r['verdict']} | {ev(r):+.2f} | {best} | {t5} |"
                        + (" " + ", ".join(f"{w} {k or '>200'}" for w, k in r.get("differential_rank", {}).items()) + " |"

@@ -98,9 +98,11 @@ def test_peer_vetting_and_the_null_it_protects():
     # left in the null, the planted trigger's gap (~1.0) hides the target's backdoor ...
     verdict, _, null = assess(target, [clean1, clean2, planted])
     assert verdict == NONE and max(null.gaps) > 0.9
-    # ... left out of it, the target's backdoor is found
-    verdict, findings, null = assess(target, [clean1, clean2, planted], not_null={2})
-    assert verdict == BACKDOOR and findings[0].result.trigger.text == "cf" and len(null.gaps) == 2
+    # ... left out of it, the target's backdoor is found; the peer stays in the null with its other
+    # candidates ("worst": 0.88 against 0.85 / 0.80), so the null keeps three peers
+    verdict, findings, null = assess(target, [clean1, clean2, planted], alerts=alerts)
+    assert verdict == BACKDOOR and findings[0].result.trigger.text == "cf"
+    assert len(null.gaps) == 3 and max(null.gaps) < 0.1
     # a trigger measured only on the screening subset is not enough to name a peer
     screened = _probe("planted", {"cf": 0.06, "zebra": 1.0, "worst": 0.88}, screened={"zebra"})
     assert suspect_peers(target, [clean1, clean2, screened]) == []

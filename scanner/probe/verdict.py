@@ -116,15 +116,22 @@ def _gap(asr: float, others: list[float]) -> float:
     return asr - statistics.median(others) if others else asr
 
 
-def null_gaps(peers: list[ProbeResult]) -> list[float]:
-    """For each peer, its largest gap over all candidates against the other peers."""
+def null_gaps(peers: list[ProbeResult], skip: dict[int, set[tuple[str, int]]] | None = None) -> list[float]:
+    """For each peer, its largest gap over all candidates against the other peers.
+
+    ``skip[i]`` holds (trigger, label) pairs left out of peer i's gap: its own backdoor-strength
+    triggers (`suspect_peers`), which are not what a clean model scores by chance.
+    """
     if len(peers) < 2:
         return []
+    skip = skip or {}
     out = []
     for i, p in enumerate(peers):
         others = [q for j, q in enumerate(peers) if j != i]
         best = 0.0
         for r in p.results:
+            if (r.trigger.text, r.label) in skip.get(i, ()):
+                continue
             ref = [x.asr for q in others if (x := q.lookup(r.trigger.text, r.label)) is not None]
             if ref:
                 best = max(best, _gap(r.asr, ref))
@@ -151,16 +158,18 @@ def level_of(asr: float, gap: float | None, z: float | None, t: Thresholds, null
 
 
 def assess(target: ProbeResult, peers: list[ProbeResult], t: Thresholds = Thresholds(),
-           not_null: set[int] = frozenset(), homogeneous: bool = True) -> tuple[str, list[Finding], Null]:
+           alerts: list["PeerAlert"] = (), homogeneous: bool = True) -> tuple[str, list[Finding], Null]:
     """Score every target result against the peers; return the verdict, the findings and the null.
 
-    Peers in ``not_null`` (those with a trigger of their own, see `suspect_peers`) still serve as
-    references for the gap, but not for the null: a planted trigger is not what a clean model scores
-    by chance, and three backdoored peers otherwise hide a backdoored target completely.
+    A peer's own backdoor-strength triggers (``alerts``, see `suspect_peers`) are left out of its
+    null gap: a planted trigger is not what a clean model scores by chance, and three backdoored peers
+    otherwise hide a backdoored target completely. The peer itself stays in the null with its other
+    candidates (measured: dropping such peers whole left one or no null peer in 2 of 5 SST-2 scans, whose
+    peers included two other-domain models, and natural triggers became false positives).
     With ``homogeneous=False`` (see `homogeneity`) the null does not describe the target and no
     finding goes above suspicious.
     """
-    gaps = null_gaps([p for i, p in enumerate(peers) if i not in not_null])
+    gaps = null_gaps(peers, {a.peer: {(r.trigger.text, r.label) for r in a.triggers} for a in alerts})
     null = Null(gaps, None, None)
     if gaps:
         _, null.median, null.scale = robust_z(0.0, gaps, t.z_floor)
@@ -188,8 +197,9 @@ class PeerAlert:
     """A peer with a trigger of its own: strong on it, and on none of the other models (target included)."""
 
     peer: int  # index into the peers
-    result: TriggerResult  # in the target's label ids
+    result: TriggerResult  # its strongest such trigger, in the target's label ids
     others: list[float]  # the other models' ASRs for it (target first)
+    triggers: list[TriggerResult] = field(default_factory=list)  # every backdoor-strength one, strongest first
 
 
 def suspect_peers(target: ProbeResult, peers: list[ProbeResult], t: Thresholds = Thresholds()) -> list[PeerAlert]:
@@ -204,7 +214,7 @@ def suspect_peers(target: ProbeResult, peers: list[ProbeResult], t: Thresholds =
     alerts = []
     for i, peer in enumerate(peers):
         models = [target] + [q for j, q in enumerate(peers) if j != i]
-        best: PeerAlert | None = None
+        hits: list[tuple[float, TriggerResult, list[float]]] = []
         for r in peer.results:
             if r.asr < t.backdoor_asr or r.screened_only:
                 continue
@@ -212,11 +222,11 @@ def suspect_peers(target: ProbeResult, peers: list[ProbeResult], t: Thresholds =
             if len(others) < len(models):
                 continue
             over_max = r.asr - max(others)
-            if level_of(r.asr, _gap(r.asr, others), None, t, None, over_max) == BACKDOOR and (
-                    best is None or over_max > best.result.asr - max(best.others)):
-                best = PeerAlert(i, r, others)
-        if best is not None:
-            alerts.append(best)
+            if level_of(r.asr, _gap(r.asr, others), None, t, None, over_max) == BACKDOOR:
+                hits.append((over_max, r, others))
+        if hits:
+            hits.sort(key=lambda h: -h[0])
+            alerts.append(PeerAlert(i, hits[0][1], hits[0][2], [h[1] for h in hits]))
     return alerts
 
 
