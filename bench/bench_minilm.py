@@ -545,9 +545,10 @@ def summarize(results: list[dict]) -> str:
             cells = [f"{100 * r[k][0]:.1f} / {100 * r[k][1]:.1f}" if k in r else "" for k in keys]
             out.append(f"| {r['model']} | {100 * r['floor']:.1f} | " + " | ".join(cells) + " |")
         out += ["", "Reduction (before-after)/before | share of the removable part removed (before-after)/(before-floor) "
+                "| the same, each victim capped at 100% (an ASR below the floor counts as the floor) "
                 "| clean-accuracy cost (points):", ""]
         for k in ("wag2", "hfscan2", "wag3", "ta3", "ties3", "dare3", "hfscan3", "wag3_bdpeers", "hfscan3_bdpeers"):
-            red, rem, cost = [], [], []
+            red, rem, cap, cost = [], [], [], []
             for r in dfn:
                 if k not in r:
                     continue
@@ -555,9 +556,11 @@ def summarize(results: list[dict]) -> str:
                 red.append((b - a) / b if b > 0 else 0.0)
                 if b - f > 0.05:
                     rem.append((b - a) / (b - f))
+                    cap.append(min(1.0, rem[-1]))
                 cost.append(100 * (r["none"][1] - r[k][1]))
             if red:
                 out.append(f"- {k}: {100 * sum(red) / len(red):.1f}% | {100 * sum(rem) / max(1, len(rem)):.1f}% "
+                           f"| {100 * sum(cap) / max(1, len(cap)):.1f}% "
                            f"| {sum(cost) / len(cost):+.2f} (n={len(red)})")
         bd = [r for r in dfn if "wag3_bdpeers_peer_triggers" in r]
         if bd:
