@@ -8,4 +8,4 @@ The package reads as the pipeline it runs::
 `scanner.pipeline.check` runs it end to end; `hfscan` (scanner/cli.py) is the command line.
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

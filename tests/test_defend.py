@@ -131,3 +131,31 @@ def test_a_merge_that_costs_too_much_is_pulled_back_toward_the_target_by_bisecti
     # nothing to refine when the strongest merge meets the bound, or one within it is as strong
     assert _pull_back([wag, row("ties", MergeSpec("ties"), 0.05, 0.0)]) is None
     assert _pull_back([row("wag", MergeSpec("wag"), 0.05, 0.0), ties]) is None
+
+
+def test_a_bound_no_merge_meets_pulls_the_strongest_back_toward_the_target(zoo, tmp_path):
+    from scanner.defend import choose_and_build
+    from scanner.hub import resolve
+    from scanner.probe.classifier import Classifier
+    from scanner.probe.data import builtin
+    from scanner.probe.scan import probe_model
+    from scanner.probe.triggers import Trigger
+
+    target = resolve(str(zoo.path("zoo/backdoor-cf")))
+    peers = [resolve(str(zoo.path(p))) for p in ("zoo/clean-1", "zoo/clean-2", "zoo/clean-3")]
+    ps = builtin("sentiment")
+    texts, reference = ps.texts[:120], torch.tensor(ps.labels[:120])
+    cf = [r for r in probe_model(Classifier.load(target.path), texts, [Trigger("cf")]).results if r.label == 0]
+    assert cf[0].asr > 0.8
+    out = choose_and_build(target, peers, tmp_path / "defended", texts, reference, cf, max_clean_drop=-1.0, budget=6)
+    rows = out.candidates
+    assert len(rows) == 6 and not any(r["within_bound"] for r in rows)
+    grid, pulled = rows[:4], rows[4:]
+    strongest = min(grid, key=lambda r: (r["worst_asr"], r["clean_drop"]))
+    # nothing meets an impossible bound: the strongest grid merge is blended toward the target, 0.5 then 0.75
+    assert [r.get("target_keep") for r in pulled] == [0.5, 0.75]
+    assert all(r["candidate"].startswith(strongest["candidate"] + ", target kept") for r in pulled)
+    assert all(r["method"] == strongest["method"] and r["peers"] == strongest["peers"] for r in pulled)
+    win = next(r for r in rows if r["chosen"])
+    assert win["clean_drop"] == min(r["clean_drop"] for r in rows) and "No candidate kept" in out.reason
+    assert AutoModelForSequenceClassification.from_pretrained(tmp_path / "defended", use_safetensors=True)
