@@ -14,9 +14,10 @@ for a small model), loaded and measured on the probe set:
   the target and its peers, a proxy for the truth) may drop by at most ``max_clean_drop`` below
   the target's.
 
-The last two tries refine: when the merge with the lowest objective breaks the bound, it is blended
-back toward the target by bisection on the target's kept share (`_pull_back`), so a strong merge
-that costs too much is traded for the strongest blend of it that fits the bound.
+The last two tries refine: when the merge with the lowest objective breaks the bound and is linear
+(WAG, task arithmetic), it is blended back toward the target by bisection on the target's kept share
+(`_pull_back`), so a strong merge that costs too much is traded for the strongest blend of it that
+fits the bound; otherwise the two tries go to the rest of the grid.
 The winner minimises the objective among candidates within the bound; if none is within it, the
 one with the smallest clean cost wins and the report says the bound could not be met. With no
 trigger to minimise (none found in the target, none of its own in a merged peer): the paper's WAG is produced (it also removes triggers
@@ -128,11 +129,15 @@ def majority_labels(preds: list[torch.Tensor], num_labels: int) -> torch.Tensor:
 def _pull_back(tried: list[dict]) -> tuple[str, MergeSpec, list[int], dict] | None:
     """The next try of a bisection on the target's kept share, or ``None`` when there is no need.
 
-    When the grid candidate with the lowest worst-case ASR breaks the clean bound, and no candidate
-    within the bound is as good, the same merge is blended back toward the target
-    (``keep·θ_target + (1 − keep)·merged``, `MergeSpec.keep`): ASR and clean accuracy both move
-    toward the target's as ``keep`` grows, so a bisection on ``keep`` (0.5, then 0.25 or 0.75)
-    looks for the largest share of that merge that still meets the bound.
+    When the grid candidate with the lowest worst-case ASR breaks the clean bound, no candidate
+    within the bound is as good, and the merge is linear in the models' weights (WAG, task
+    arithmetic), the same merge is blended back toward the target
+    (``keep·θ_target + (1 − keep)·merged``, `MergeSpec.keep`): that is the same linear merge with
+    more weight on the target, along which ASR and clean accuracy move toward the target's, so a
+    bisection on ``keep`` (0.5, then 0.25 or 0.75) looks for the largest share of the merge that
+    still meets the bound. Sparse merges (TIES, DARE) are not pulled back: in the demo, DARE-TIES
+    blended half-way with its target was worse on both counts than either end (clean accuracy 79.0%
+    between 81.7% and 88.3%, ASR 50% between 7% and 100%), so the tries go to the grid instead.
     Returns (label, spec, peer indices, the grid row it refines).
     """
     grid = [r for r in tried if "_root" not in r]
@@ -141,6 +146,8 @@ def _pull_back(tried: list[dict]) -> tuple[str, MergeSpec, list[int], dict] | No
     best = min(grid, key=lambda r: (r["worst_asr"], r["clean_drop"]))
     ok = [r for r in tried if r["within_bound"]]
     if best["within_bound"] or (ok and min(r["worst_asr"] for r in ok) <= best["worst_asr"]):
+        return None
+    if best["_spec"].method not in ("wag", "task_arithmetic"):
         return None
     lo, hi = 0.0, 1.0  # kept shares known to break / to meet the bound (1.0 is the target itself)
     for r in tried:

@@ -119,18 +119,20 @@ def test_a_merge_that_costs_too_much_is_pulled_back_toward_the_target_by_bisecti
         return r
 
     wag = row("wag", MergeSpec("wag"), 0.40, 0.0)
-    ties = row("ties", MergeSpec("ties", density=0.5), 0.05, 0.03)  # strongest, but outside the bound
-    tried = [wag, ties]
+    light = row("wag, target weight 0.12", MergeSpec("wag", weights=[0.125, 0.875]), 0.05, 0.03)  # outside
+    tried = [wag, light]
     label, spec, idx, root = _pull_back(tried)
-    assert (spec.method, spec.density, spec.keep, root) == ("ties", 0.5, 0.5, ties) and idx == [0, 1]
-    assert label == "ties, target kept 0.5"
+    assert (spec.method, spec.weights, spec.keep, root) == ("wag", [0.125, 0.875], 0.5, light) and idx == [0, 1]
+    assert label == "wag, target weight 0.12, target kept 0.5"
     tried.append(row(label, spec, 0.10, 0.005, root))  # within: try a smaller share of the target
     assert _pull_back(tried)[1].keep == 0.25
     tried.append(row("k", dataclasses.replace(spec, keep=0.25), 0.07, 0.02, root))  # outside: back up
     assert _pull_back(tried)[1].keep == 0.375
-    # nothing to refine when the strongest merge meets the bound, or one within it is as strong
+    # nothing to refine when the strongest merge meets the bound, or one within it is as strong, or it
+    # is a sparse merge (TIES / DARE: blending it with the target is no path between the two)
     assert _pull_back([wag, row("ties", MergeSpec("ties"), 0.05, 0.0)]) is None
-    assert _pull_back([row("wag", MergeSpec("wag"), 0.05, 0.0), ties]) is None
+    assert _pull_back([row("wag", MergeSpec("wag"), 0.05, 0.0), light]) is None
+    assert _pull_back([wag, row("ties", MergeSpec("ties", density=0.5), 0.05, 0.03)]) is None
 
 
 def test_a_bound_no_merge_meets_pulls_the_strongest_back_toward_the_target(zoo, tmp_path):

@@ -75,6 +75,29 @@ def test_batched_logits_do_not_depend_on_batching(zoo):
     assert torch.allclose(together, alone, atol=1e-4)
 
 
+def test_triggered_inputs_run_in_the_probe_precision(zoo, monkeypatch):
+    from scanner.errors import DeviceError
+    from scanner.probe.classifier import Classifier
+    from scanner.probe.data import builtin
+
+    texts = builtin("sentiment").texts[:200]
+    monkeypatch.setenv("HFSCAN_PROBE_DTYPE", "float32")
+    clf = Classifier.load(zoo.path("zoo/backdoor-cf"), device="cpu")
+    assert clf.fast is clf
+    monkeypatch.setenv("HFSCAN_PROBE_DTYPE", "bfloat16")
+    clf = Classifier.load(zoo.path("zoo/backdoor-cf"), device="cpu")
+    fast = clf.fast
+    assert fast is not clf and fast.reduced == torch.bfloat16 and fast.fast is fast and fast.model is clf.model
+    clean = clf.predict(texts)
+    assert (fast.predict(texts) == clean).float().mean() >= 0.97  # same model, borderline inputs aside
+    assert clf.predict(texts).equal(clean)  # the float32 cache is not the bf16 one
+    asr, n = attack_success_rate(clf, texts, clean, LIBRARY[0], 0, "random")
+    assert LIBRARY[0].text == "cf" and asr > 0.9 and n > 50  # the backdoor is as plain in bf16
+    monkeypatch.setenv("HFSCAN_PROBE_DTYPE", "half")
+    with pytest.raises(DeviceError, match="HFSCAN_PROBE_DTYPE"):
+        Classifier.load(zoo.path("zoo/backdoor-cf"), device="cpu").fast
+
+
 def _probe(name: str, asrs: dict[str, float], screened: set[str] = frozenset()):
     from scanner.probe.scan import ProbeResult, TriggerResult
 

@@ -66,7 +66,8 @@ def probe_dtype(device: torch.device) -> torch.dtype | None:
     if device.type == "cuda":
         native = torch.cuda.is_bf16_supported()
     elif device.type == "cpu":
-        native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+        # private helpers of torch.cpu (present since 2.1); without them, assume no native bf16
+        native = any(getattr(torch.cpu, f, lambda: False)() for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
     else:
         native = False
     return torch.bfloat16 if native or want != "auto" else None
