@@ -103,3 +103,16 @@ def test_probe_set_is_chosen_from_the_model_labels():
     assert ps.name == "offensive" and labels is not None
     ps, labels = choose(["LABEL_0", "LABEL_1"])  # names that mean nothing: unlabeled generic text
     assert ps.name == "generic" and labels is None and len(ps) > 250
+
+
+def test_a_target_unlike_its_peers_is_explained_in_the_report():
+    rep = make_report(verdict="suspicious")
+    rep.peers[0].agreement = 0.74
+    rep.probe.homogeneity = {"target": [0.74], "peers": [], "shortfall": None, "homogeneous": True}
+    md = render(rep, "md")
+    assert "`a/p1` 74.0%" in md and "not like its peers" not in md
+    rep.probe.homogeneity = {"target": [0.74, 0.73, 0.75], "peers": [0.91, 0.90, 0.92], "shortfall": 0.17,
+                             "homogeneous": False}
+    md = render(rep, "md")
+    assert "not like its peers: it agrees with them on 74.0%" in md and "each other on 91.0%" in md
+    assert json.loads(render(rep, "json"))["probe"]["homogeneity"]["shortfall"] == 0.17
