@@ -39,8 +39,8 @@ import multiprocessing as mp
 import os
 import random
 import shutil
-import sys
 import statistics
+import sys
 import tempfile
 import time
 import zlib
