@@ -45,7 +45,8 @@ BLIND_SPOTS = (
     "A shortcut the model learned from its own, unpoisoned fine-tuning data (product words in reviews, sports "
     "words in a forum) flips it like a planted trigger, and without the training data the two cannot be told "
     "apart: a finding is an exploitable trigger specific to this model, planted or not. Models fine-tuned on a "
-    "domain unlike their peers' show more of them.",
+    "domain unlike their peers' show more of them; when the model's clean predictions differ from its peers' "
+    "far more than theirs from each other, no finding is called a backdoor (see probe.homogeneity).",
 )
 
 
