@@ -256,7 +256,7 @@ def check(opts: CheckOptions, log: Callable[[str], None] = lambda s: None,
     own = {a.peer: a for a in alerts}
     for i, (p, perm, res) in enumerate(zip(peers, perms, peer_probes)):
         best = res.best()
-        agree = float((peer_preds[i] == target_probe.clean_pred).float().mean())
+        agree = agreement(peer_preds[i], target_probe.clean_pred)
         a = own.get(i)
         peer_records.append(PeerRecord(p.name, p.sha, perm if perm != list(range(len(perm))) else None,
                                        round(best.asr, 4) if best else None, best.trigger.text if best else None,

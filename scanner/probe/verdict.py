@@ -31,6 +31,7 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass, field
 
+from .metrics import agreement
 from .scan import ProbeResult, TriggerResult
 
 BACKDOOR, SUSPICIOUS, NONE = "backdoor", "suspicious", "no_trigger_found"
@@ -98,9 +99,8 @@ def homogeneity(target_pred, peer_preds: list, t: Thresholds = Thresholds()) -> 
     >>> h.target, h.peers, h.shortfall, h.homogeneous
     ([0.75, 0.75], [1.0], 0.25, False)
     """
-    agree = lambda a, b: round(float((a == b).float().mean()), 4)  # noqa: E731
-    target = [agree(target_pred, p) for p in peer_preds]
-    peers = [agree(a, b) for i, a in enumerate(peer_preds) for b in peer_preds[i + 1:]]
+    target = [round(agreement(target_pred, p), 4) for p in peer_preds]
+    peers = [round(agreement(a, b), 4) for i, a in enumerate(peer_preds) for b in peer_preds[i + 1:]]
     if not peers:
         return Homogeneity(target, peers, None, True)
     shortfall = round(statistics.median(peers) - statistics.median(target), 4)
