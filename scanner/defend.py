@@ -20,8 +20,12 @@ The last two tries refine: when the merge with the lowest objective breaks the b
 fits the bound; otherwise the two tries go to the rest of the grid.
 The winner minimises the objective among candidates within the bound; if none is within it, the
 one with the smallest clean cost wins and the report says the bound could not be met. With no
-trigger to minimise (none found in the target, none of its own in a merged peer): the paper's WAG is produced (it also removes triggers
-the probe cannot see) and the report says so.
+trigger to minimise (none found in the target, none of its own in a merged peer): the paper's WAG is
+produced (it also removes triggers the probe cannot see) and the report says so; when WAG itself
+breaks the clean bound, it is blended back toward the target by the same bisection on the kept share
+(up to three tries) and the largest share of WAG within the bound is produced. (Measured on 2 CPU
+cores, 150-step OLID models: WAG with the peers cost 25-29 points of probe accuracy, and before this
+rule it was produced anyway.)
 
 The defended variant is a complete Hugging Face folder (sharded safetensors, config, tokenizer,
 and a card listing the merged models as ``base_model`` with ``base_model_relation: merge``).
@@ -185,6 +189,7 @@ def choose_and_build(
     floors = floors or [0.0] * len(triggers)
     head_perms = head_perms or {}
     specs = candidate_specs(len(peers), base, head_perms, budget if triggers else 1)
+    blend_tries = 0 if triggers else min(3, budget - 1)  # no trigger: WAG, pulled back only if it costs too much
     # the last two tries are kept for pulling the best merge back toward the target when it costs too
     # much clean accuracy (see `_pull_back`); when it does not, they go to the rest of the grid
     refine = 2 if triggers and budget >= 4 else 0
@@ -192,7 +197,7 @@ def choose_and_build(
     target_acc = float((target_clf.predict(texts) == reference).float().mean())
     scratch = Path(tempfile.mkdtemp(prefix=".hfscan-defense-", dir=out.parent if out.parent.exists() else None))
     tried: list[dict] = []
-    total = min(len(specs) + refine, budget) if triggers else 1
+    total = min(len(specs) + refine, budget) if triggers else 1 + blend_tries
     progress(0, total)
 
     def attempt(label: str, spec: MergeSpec, idx: list[int], root: dict | None = None) -> dict:
@@ -219,6 +224,9 @@ def choose_and_build(
         return row
 
     try:
+        if not triggers:
+            return _build_untargeted(attempt, specs[0], tried, blend_tries, out, max_clean_drop,
+                                     lambda: progress(len(tried), len(tried)))
         for label, spec, idx in specs[: total - refine]:
             attempt(label, spec, idx)
         pending = specs[total - refine:]
@@ -229,11 +237,7 @@ def choose_and_build(
             elif pending:
                 attempt(*pending.pop(0))
         ok = [r for r in tried if r["within_bound"]]
-        if not triggers:
-            win = tried[0]
-            reason = "No trigger was found, so there was nothing to minimise: the paper's WAG over the target and all " \
-                     "its peers is produced, because the merge also removes triggers the probe cannot see."
-        elif ok:
+        if ok:
             win = min(ok, key=lambda r: (r["worst_asr"], r["clean_drop"]))
             reason = (f"Lowest worst-case ASR in excess of the clean peers' ({win['worst_asr']:.3f}) over "
                       f"{len(triggers)} verified trigger(s) among "
@@ -243,16 +247,61 @@ def choose_and_build(
             win = min(tried, key=lambda r: (r["clean_drop"], r["worst_asr"]))
             reason = (f"No candidate kept clean accuracy within {100 * max_clean_drop:.1f} points of the target; "
                       f"the one with the smallest drop ({100 * win['clean_drop']:.1f} points) was chosen.")
-        from ._fs import atomic_dir
-
-        with atomic_dir(out) as tmp:
-            shutil.rmtree(tmp)
-            shutil.move(str(win["_folder"]), str(tmp))
-        summary = dict(win["_summary"], output_dir=str(out))
-        outcome = DefenseOutcome(out, win["_spec"], summary, win["worst_asr"], win["clean"], reason=reason)
-        outcome.candidates = [{**{k: v for k, v in r.items() if not k.startswith("_")}, "chosen": r is win}
-                              for r in tried]
-        outcome.summary["peers"] = [p.name for p in win["_sub"]]
-        return outcome
+        return _install(win, tried, out, reason)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _install(win: dict, tried: list[dict], out: Path, reason: str) -> DefenseOutcome:
+    """Move the winning candidate's folder to ``out`` (atomically) and describe every try."""
+    from ._fs import atomic_dir
+
+    with atomic_dir(out) as tmp:
+        shutil.rmtree(tmp)
+        shutil.move(str(win["_folder"]), str(tmp))
+    summary = dict(win["_summary"], output_dir=str(out))
+    outcome = DefenseOutcome(out, win["_spec"], summary, win["worst_asr"], win["clean"], reason=reason)
+    outcome.candidates = [{**{k: v for k, v in r.items() if not k.startswith("_")}, "chosen": r is win}
+                          for r in tried]
+    outcome.summary["peers"] = [p.name for p in win["_sub"]]
+    return outcome
+
+
+def _build_untargeted(attempt: Callable, wag: tuple[str, MergeSpec, list[int]], tried: list[dict], tries: int,
+                      out: Path, max_clean_drop: float, done: Callable[[], None]) -> DefenseOutcome:
+    """No trigger to minimise: the paper's WAG, or the largest share of it that meets the clean bound.
+
+    WAG is tried first. If it breaks the bound, ``keep·θ_target + (1 − keep)·WAG`` is bisected on
+    ``keep`` (0.5, then 0.25 or 0.75, …) for at most ``tries`` more merges; the smallest ``keep``
+    within the bound wins (the most merge, which also removes the most of what the probe cannot see).
+    If no blend meets the bound, the one with the smallest clean cost wins and the reason says so.
+    """
+    first = attempt(*wag)
+    lo, hi = 0.0, 1.0  # kept shares known to break / to meet the bound
+    for _ in range(tries if not first["within_bound"] else 0):
+        keep = round((lo + hi) / 2, 4)
+        row = attempt(f"wag, target kept {keep:g}", dataclasses.replace(wag[1], keep=keep), wag[2], first)
+        if row["within_bound"]:
+            hi = keep
+        else:
+            lo = keep
+    done()
+    ok = [r for r in tried if r["within_bound"]]
+    base = "No trigger was found, so there was nothing to minimise: "
+    if first["within_bound"]:
+        win = first
+        reason = base + ("the paper's WAG over the target and all its peers is produced, because the merge also "
+                         "removes triggers the probe cannot see.")
+    elif ok:
+        win = min(ok, key=lambda r: r["_spec"].keep)
+        reason = base + (f"the paper's WAG cost {100 * first['clean_drop']:.1f} points of clean accuracy (bound "
+                         f"{100 * max_clean_drop:.1f}), so it was blended back toward the target: {win['candidate']} "
+                         f"is the largest share of WAG found within the bound ({len(tried)} tries). A blend removes "
+                         "less of what the probe cannot see than WAG would.")
+    else:
+        win = min(tried, key=lambda r: r["clean_drop"])
+        reason = base + (f"the paper's WAG cost {100 * first['clean_drop']:.1f} points of clean accuracy and no "
+                         f"blend of it with the target met the {100 * max_clean_drop:.1f}-point bound in "
+                         f"{len(tried)} tries; the one with the smallest drop ({100 * win['clean_drop']:.1f} "
+                         "points) was chosen. The peers may not be like the target: see the homogeneity check.")
+    return _install(win, tried, out, reason)

@@ -161,3 +161,33 @@ def test_a_bound_no_merge_meets_pulls_the_strongest_back_toward_the_target(zoo, 
     win = next(r for r in rows if r["chosen"])
     assert win["clean_drop"] == min(r["clean_drop"] for r in rows) and "No candidate kept" in out.reason
     assert AutoModelForSequenceClassification.from_pretrained(tmp_path / "defended", use_safetensors=True)
+
+
+def test_with_no_trigger_a_wag_that_breaks_the_bound_is_blended_back_until_it_meets_it(zoo, tmp_path):
+    """No trigger to minimise, and the paper's WAG costs too much: the largest share of WAG within the bound."""
+    from scanner.defend import choose_and_build
+    from scanner.hub import resolve
+    from scanner.probe.classifier import Classifier
+    from scanner.probe.data import builtin
+
+    target = resolve(str(zoo.path("zoo/clean-3")))
+    peers = [resolve(str(zoo.path(p))) for p in ("zoo/clean-1", "zoo/backdoor-random")]
+    texts = builtin("sentiment").texts[:160]
+    reference = Classifier.load(target.path).predict(texts)  # the target is right by definition: any change costs
+    out = choose_and_build(target, peers, tmp_path / "defended", texts, reference, [], max_clean_drop=0.03, budget=8)
+    rows = out.candidates
+    wag = rows[0]
+    assert wag["candidate"] == "wag" and wag["clean_drop"] > 0 and not wag["within_bound"], rows
+    assert 2 <= len(rows) <= 4  # WAG, then at most three blends
+    keeps = [r.get("target_keep") for r in rows[1:]]
+    assert keeps[0] == 0.5 and all(r["method"] == "wag" for r in rows)
+    for prev, row in zip(rows[1:], rows[2:]):  # bisection: up after a miss, down after a hit
+        step = abs(row["target_keep"] - prev["target_keep"])
+        assert step == 0.5 ** (rows.index(row)) and (row["target_keep"] > prev["target_keep"]) != prev["within_bound"]
+    win = next(r for r in rows if r["chosen"])
+    ok = [r for r in rows if r["within_bound"]]
+    assert ok, rows  # measured: WAG 10.6 points, kept 0.5: 5.0, 0.75: 1.25
+    assert win is min(ok, key=lambda r: r["target_keep"]) and "blended back toward the target" in out.reason
+    assert out.spec.keep == win["target_keep"]
+    built = Classifier.load(tmp_path / "defended")
+    assert float((built.predict(texts) == reference).float().mean()) >= 1 - 0.03  # what was built meets the bound
