@@ -153,15 +153,20 @@ def _pull_back(tried: list[dict]) -> tuple[str, MergeSpec, list[int], dict] | No
         return None
     if best["_spec"].method not in ("wag", "task_arithmetic"):
         return None
+    return _blend(tried, best)
+
+
+def _blend(tried: list[dict], root: dict) -> tuple[str, MergeSpec, list[int], dict]:
+    """The next bisection step on the target's kept share for ``root``, from the blends of it already tried."""
     lo, hi = 0.0, 1.0  # kept shares known to break / to meet the bound (1.0 is the target itself)
     for r in tried:
-        if r.get("_root") is best:
+        if r.get("_root") is root:
             if r["within_bound"]:
                 hi = min(hi, r["_spec"].keep)
             else:
                 lo = max(lo, r["_spec"].keep)
     keep = round((lo + hi) / 2, 4)
-    return f"{best['candidate']}, target kept {keep:g}", dataclasses.replace(best["_spec"], keep=keep), best["_idx"], best
+    return f"{root['candidate']}, target kept {keep:g}", dataclasses.replace(root["_spec"], keep=keep), root["_idx"], root
 
 
 def choose_and_build(
@@ -277,14 +282,8 @@ def _build_untargeted(attempt: Callable, wag: tuple[str, MergeSpec, list[int]], 
     If no blend meets the bound, the one with the smallest clean cost wins and the reason says so.
     """
     first = attempt(*wag)
-    lo, hi = 0.0, 1.0  # kept shares known to break / to meet the bound
     for _ in range(tries if not first["within_bound"] else 0):
-        keep = round((lo + hi) / 2, 4)
-        row = attempt(f"wag, target kept {keep:g}", dataclasses.replace(wag[1], keep=keep), wag[2], first)
-        if row["within_bound"]:
-            hi = keep
-        else:
-            lo = keep
+        attempt(*_blend(tried, first))
     done()
     ok = [r for r in tried if r["within_bound"]]
     base = "No trigger was found, so there was nothing to minimise: "
