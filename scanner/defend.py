@@ -22,10 +22,12 @@ The winner minimises the objective among candidates within the bound; if none is
 one with the smallest clean cost wins and the report says the bound could not be met. With no
 trigger to minimise (none found in the target, none of its own in a merged peer): the paper's WAG is
 produced (it also removes triggers the probe cannot see) and the report says so; when WAG itself
-breaks the clean bound, it is blended back toward the target by the same bisection on the kept share
-(up to three tries) and the largest share of WAG within the bound is produced. (Measured on 2 CPU
-cores, 150-step OLID models: WAG with the peers cost 25-29 points of probe accuracy, and before this
-rule it was produced anyway.)
+breaks the clean bound and a base is known, task arithmetic at λ 0.5 on the sum of task vectors (the
+literature's scale, which WAG's mean shrinks) is tried next, and only if that breaks it too is
+the cheaper of the two blended back toward the target by the same bisection on the kept share. (Measured
+on 2 CPU cores, 150-step OLID models: WAG with the peers cost 25-29 points of probe accuracy; blends of
+it within the bound kept 87.5% of the target and its backdoor (ASR 98-99%); task arithmetic at λ 0.5
+cost under a point on the test set and took a syntactic backdoor from 97.9% to 65.0%, its floor 66.7%.)
 
 The defended variant is a complete Hugging Face folder (sharded safetensors, config, tokenizer,
 and a card listing the merged models as ``base_model`` with ``base_model_relation: merge``).
@@ -112,13 +114,27 @@ def candidate_specs(n_peers: int, base: Path | None, head_perms: dict[int, list[
                         all_peers))
         out.append(("dare_ties density 0.3", MergeSpec("dare_ties", base=base, density=0.3, head_perms=perms_for(all_peers)),
                     all_peers))
-        out.append(("task_arithmetic λ 1.0, target weight halved",
-                    MergeSpec("task_arithmetic", base=base, weights=w, head_perms=perms_for(all_peers)), all_peers))
+        out.append(task_arithmetic_candidate(n_peers, base, perms_for(all_peers)))
     if n_peers >= 3:
         for drop in range(n_peers):
             idx = [i for i in all_peers if i != drop]
             out.append((f"wag without peer {drop + 1}", MergeSpec("wag", head_perms=perms_for(idx)), idx))
     return out[: max(1, budget)]
+
+
+def task_arithmetic_candidate(n_peers: int, base: Path, head_perms: dict[int, list[int]]) -> tuple[str, MergeSpec, list[int]]:
+    """Task arithmetic at the scale of the task-arithmetic literature: base + 0.5·Σ τᵢ, every model weighted alike.
+
+    WAG is base + mean(τᵢ): each fine-tune's task vector is shrunk to 1/N, and when the peers' task vectors
+    point in other directions (other domains, short fine-tunes) what is left may be too little to do the
+    task (measured on 2 CPU cores, 150-step OLID models: WAG cost 25-29 points of probe accuracy, this
+    merge 0-1). λ = 0.5 on the sum (Ilharco et al. 2023 pick λ in 0.3-0.5 for sums of task vectors) keeps
+    N/2 times the mean, and the target still weighs no more than any peer. (Task arithmetic with weights
+    summing to 1 and λ = 1 is WAG itself, so it is not a candidate of its own.)
+    """
+    idx = list(range(n_peers))
+    spec = MergeSpec("task_arithmetic", base=base, weights=[1.0] * (n_peers + 1), lam=0.5, head_perms=head_perms)
+    return "task_arithmetic λ 0.5 (sum of task vectors)", spec, idx
 
 
 def majority_labels(preds: list[torch.Tensor], num_labels: int) -> torch.Tensor:
@@ -194,7 +210,8 @@ def choose_and_build(
     floors = floors or [0.0] * len(triggers)
     head_perms = head_perms or {}
     specs = candidate_specs(len(peers), base, head_perms, budget if triggers else 1)
-    blend_tries = 0 if triggers else min(3, budget - 1)  # no trigger: WAG, pulled back only if it costs too much
+    # no trigger: WAG; only if it costs too much, task arithmetic (with a base) and blends toward the target
+    blend_tries = 0 if triggers else min(3 + (base is not None), budget - 1)
     # the last two tries are kept for pulling the best merge back toward the target when it costs too
     # much clean accuracy (see `_pull_back`); when it does not, they go to the rest of the grid
     refine = 2 if triggers and budget >= 4 else 0
@@ -230,7 +247,8 @@ def choose_and_build(
 
     try:
         if not triggers:
-            return _build_untargeted(attempt, specs[0], tried, blend_tries, out, max_clean_drop,
+            ta = task_arithmetic_candidate(len(peers), base, specs[0][1].head_perms) if base is not None else None
+            return _build_untargeted(attempt, specs[0], ta, tried, blend_tries, out, max_clean_drop,
                                      lambda: progress(len(tried), len(tried)))
         for label, spec, idx in specs[: total - refine]:
             attempt(label, spec, idx)
@@ -272,35 +290,50 @@ def _install(win: dict, tried: list[dict], out: Path, reason: str) -> DefenseOut
     return outcome
 
 
-def _build_untargeted(attempt: Callable, wag: tuple[str, MergeSpec, list[int]], tried: list[dict], tries: int,
+def _build_untargeted(attempt: Callable, wag: tuple[str, MergeSpec, list[int]],
+                      ta: tuple[str, MergeSpec, list[int]] | None, tried: list[dict], tries: int,
                       out: Path, max_clean_drop: float, done: Callable[[], None]) -> DefenseOutcome:
-    """No trigger to minimise: the paper's WAG, or the largest share of it that meets the clean bound.
+    """No trigger to minimise: the paper's WAG, or the merge nearest to it that meets the clean bound.
 
-    WAG is tried first. If it breaks the bound, ``keep·θ_target + (1 − keep)·WAG`` is bisected on
-    ``keep`` (0.5, then 0.25 or 0.75, …) for at most ``tries`` more merges; the smallest ``keep``
-    within the bound wins (the most merge, which also removes the most of what the probe cannot see).
-    If no blend meets the bound, the one with the smallest clean cost wins and the reason says so.
+    Without an ASR to compare, the rule is how much of the target each candidate keeps: a full merge, in
+    which the target weighs no more than any peer, before any blend that keeps more of it. So WAG is
+    tried first; if it breaks the bound and a base is known, task arithmetic at λ 0.5 on the sum
+    (`task_arithmetic_candidate`, also a full merge, which keeps the task vectors' scale that WAG's mean
+    shrinks). If neither meets the bound, the one with the smaller clean cost is blended back toward the
+    target, ``keep·θ_target + (1 − keep)·merged``, bisected on ``keep`` (0.5, then 0.25 or 0.75, …) for
+    the remaining tries; the smallest ``keep`` within the bound wins. If no blend meets the bound, the try
+    with the smallest clean cost wins and the reason says so.
     """
     first = attempt(*wag)
-    for _ in range(tries if not first["within_bound"] else 0):
-        attempt(*_blend(tried, first))
+    full = [first]
+    if not first["within_bound"] and ta is not None and tries > 0:
+        full.append(attempt(*ta))
+        tries -= 1
+    root = min(full, key=lambda r: r["clean_drop"])
+    for _ in range(tries if not any(r["within_bound"] for r in full) else 0):
+        attempt(*_blend(tried, root))
     done()
     ok = [r for r in tried if r["within_bound"]]
     base = "No trigger was found, so there was nothing to minimise: "
+    cost = f"the paper's WAG cost {100 * first['clean_drop']:.1f} points of clean accuracy (bound {100 * max_clean_drop:.1f})"
+    if len(full) > 1:
+        cost += f", task arithmetic {100 * full[1]['clean_drop']:.1f}"
     if first["within_bound"]:
         win = first
         reason = base + ("the paper's WAG over the target and all its peers is produced, because the merge also "
                          "removes triggers the probe cannot see.")
+    elif len(full) > 1 and full[1]["within_bound"]:
+        win = full[1]
+        reason = base + (f"{cost}, so {win['candidate']} is produced: a merge in which the target weighs no more "
+                         "than any peer, like WAG, which also removes triggers the probe cannot see.")
     elif ok:
         win = min(ok, key=lambda r: r["_spec"].keep)
-        reason = base + (f"the paper's WAG cost {100 * first['clean_drop']:.1f} points of clean accuracy (bound "
-                         f"{100 * max_clean_drop:.1f}), so it was blended back toward the target: {win['candidate']} "
-                         f"is the largest share of WAG found within the bound ({len(tried)} tries). A blend removes "
-                         "less of what the probe cannot see than WAG would.")
+        reason = base + (f"{cost}, so {root['candidate']} was blended back toward the target: {win['candidate']} "
+                         f"is the largest share of it found within the bound ({len(tried)} tries). A blend removes "
+                         "less of what the probe cannot see than a full merge would.")
     else:
         win = min(tried, key=lambda r: r["clean_drop"])
-        reason = base + (f"the paper's WAG cost {100 * first['clean_drop']:.1f} points of clean accuracy and no "
-                         f"blend of it with the target met the {100 * max_clean_drop:.1f}-point bound in "
-                         f"{len(tried)} tries; the one with the smallest drop ({100 * win['clean_drop']:.1f} "
-                         "points) was chosen. The peers may not be like the target: see the homogeneity check.")
+        reason = base + (f"{cost}, and no blend with the target met the bound in {len(tried)} tries; the one "
+                         f"with the smallest drop ({100 * win['clean_drop']:.1f} points) was chosen. The peers "
+                         "may not be like the target: see the homogeneity check.")
     return _install(win, tried, out, reason)

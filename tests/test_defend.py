@@ -191,3 +191,49 @@ def test_with_no_trigger_a_wag_that_breaks_the_bound_is_blended_back_until_it_me
     assert out.spec.keep == win["target_keep"]
     built = Classifier.load(tmp_path / "defended")
     assert float((built.predict(texts) == reference).float().mean()) >= 1 - 0.03  # what was built meets the bound
+
+
+def test_with_no_trigger_task_arithmetic_comes_before_any_blend_when_wag_costs_too_much(tmp_path):
+    """Without an ASR to compare, a full merge (the target weighs no more than any peer) beats a blend."""
+    import tempfile
+    from pathlib import Path
+
+    from scanner.defend import _build_untargeted, task_arithmetic_candidate
+    from scanner.merge import MergeSpec
+
+    def run(drops: dict[str, float], bound: float = 0.01, tries: int = 4):
+        tried: list[dict] = []
+        here = Path(tempfile.mkdtemp(dir=tmp_path))
+
+        def attempt(label, spec, idx, root=None):
+            folder = here / f"c{len(tried)}"
+            folder.mkdir(parents=True)
+            kind = "ta" if spec.method == "task_arithmetic" else "wag"
+            drop = drops[kind] * (1 - spec.keep)  # a blend costs in proportion to the share merged
+            row = {"candidate": label, "method": spec.method, "clean_drop": drop, "within_bound": drop <= bound,
+                   "worst_asr": None, "clean": 0.9 - drop, "_folder": folder, "_spec": spec, "_summary": {},
+                   "_sub": [], "_idx": idx}
+            if root is not None:
+                row["_root"] = root
+            tried.append(row)
+            return row
+
+        ta = task_arithmetic_candidate(3, tmp_path / "base", {})
+        assert ta[1].lam == 0.5 and ta[1].weights == [1.0] * 4 and ta[2] == [0, 1, 2]
+        out = _build_untargeted(attempt, ("wag", MergeSpec("wag"), [0, 1, 2]), ta, tried, tries,
+                                here / "defended", bound, lambda: None)
+        return out, [r["candidate"] for r in tried]
+
+    # WAG within the bound: the paper's merge, nothing else is tried
+    out, labels = run({"wag": 0.005, "ta": 0.0})
+    assert labels == ["wag"] and out.spec.method == "wag"
+    # WAG breaks it, task arithmetic meets it: task arithmetic, no blend
+    out, labels = run({"wag": 0.25, "ta": 0.008})
+    assert labels == ["wag", ta_label := "task_arithmetic λ 0.5 (sum of task vectors)"] and out.spec.lam == 0.5
+    assert "weighs no more than any peer" in out.reason and out.path.exists()
+    # both break it: the cheaper of the two is bisected toward the target (0.5, then 0.75 / 0.25)
+    out, labels = run({"wag": 0.25, "ta": 0.04})
+    assert labels[:2] == ["wag", ta_label] and len(labels) == 5
+    assert all(lb.startswith(ta_label + ", target kept") for lb in labels[2:])
+    assert out.spec.method == "task_arithmetic" and out.spec.keep == 0.75  # 0.04·0.25 = 0.01 within, 0.5 not
+    assert "blended back toward the target" in out.reason
