@@ -150,3 +150,31 @@ def test_a_target_unlike_its_peers_is_capped_at_suspicious():
     assert assess(target, peers)[0] == BACKDOOR
     verdict, findings, _ = assess(target, peers, homogeneous=unlike.homogeneous)
     assert verdict == SUSPICIOUS and findings[0].result.trigger.text == "cf"  # reported, not hidden
+
+
+def test_screened_verification_is_exact_for_every_token_that_flips_anything(zoo):
+    """The search's screen: a token that flips none of the first inputs is not verified on the rest."""
+    from scanner.probe import search
+
+    clf = Classifier.load(zoo.path("zoo/backdoor-cf"))
+    texts = builtin("sentiment").texts
+    pred = clf.predict(texts)
+    idx = [i for i, p in enumerate(pred.tolist()) if p != 0][:24]
+    batch = search._Batch(clf, [texts[i] for i in idx])
+    tok = clf.tokenizer
+    words = ["cf", "terrible", "awful", "the", "table", "seven", "blue", "window", "river", "quietly"]
+    trigs = [tok(w, add_special_tokens=False)["input_ids"] for w in words]
+    exact = search._rates(clf.model, batch, trigs, 0)
+    rows = []
+    real = search._rates
+    search._rates = lambda m, b, t, lb, *a: rows.append(len(t) * len(b.ids)) or real(m, b, t, lb, *a)
+    try:
+        screened = search._batch_asr(clf.model, batch, trigs, 0, screen=8)
+    finally:
+        search._rates = real
+    assert exact[0] >= 0.9  # the planted trigger flips (nearly) everything ...
+    for word, e, s in zip(words, exact, screened):
+        first = search._rates(clf.model, batch.subset(0, 8), [trigs[words.index(word)]], 0)[0]
+        assert s == pytest.approx(e) if first > 0 else s == 0.0, (word, e, s)  # ... measured exactly
+    assert rows[0] == len(words) * 8 and sum(rows) < len(words) * 24  # the rest only for tokens that flip
+    assert search._batch_asr(clf.model, batch, trigs, 0, screen=0) == exact  # screen 0: no screening

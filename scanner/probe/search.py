@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Callable
 
@@ -35,6 +36,7 @@ class SearchBudget:
     beam: int = 3  # partial triggers kept per length (besides the differential's seeds)
     max_len: int = 2  # longest trigger, in tokens
     keep: int = 3  # candidates returned per label
+    screen: int = 8  # inputs a token must flip one of before it is verified on the rest (0: no screening)
 
     @classmethod
     def preset(cls, name: str) -> "SearchBudget":
@@ -62,6 +64,12 @@ class _Batch:
                     for t in texts]
         self.tok = tok
 
+    def subset(self, start: int, stop: int) -> "_Batch":
+        """The same batch restricted to inputs ``start:stop``."""
+        part = copy.copy(self)
+        part.ids = self.ids[start:stop]
+        return part
+
     def build(self, trigger: list[int]) -> tuple[torch.Tensor, torch.Tensor, int]:
         seqs = [self.prefix + trigger + ids + self.suffix for ids in self.ids]
         n = max(len(s) for s in seqs)
@@ -82,9 +90,33 @@ def _slot_gradient(model, emb_matrix, input_ids, mask, slot: int, label: int) ->
     return grad[:, slot].mean(0)
 
 
+def _batch_asr(model, batch: _Batch, triggers: list[list[int]], label: int, screen: int = 0) -> list[float]:
+    """Flip rate of each trigger on the batch, screened: a trigger that flips none of the first ``screen``
+    inputs is given rate 0 without the rest.
+
+    Most of the top-k tokens of a slot flip nothing (on a clean model, nearly all of them), and verifying
+    them on every input was most of the search's time (AG News on a CPU core: ~19 ms per inserted input).
+    A trigger that flips none of ``screen`` inputs has a flip rate under ~2/screen with high probability;
+    its exact small rate would only order it among other near-zero tokens, which the beam (≥ 0.2) never
+    keeps. Every trigger still flipping something is measured on all inputs, so its rate is exact.
+    """
+    n = len(batch.ids)
+    if not screen or screen >= n or not triggers:
+        return _rates(model, batch, triggers, label)
+    first = _rates(model, batch.subset(0, screen), triggers, label)
+    alive = [i for i, r in enumerate(first) if r > 0]
+    rest = _rates(model, batch.subset(screen, n), [triggers[i] for i in alive], label)
+    out = [0.0] * len(triggers)
+    for i, r in zip(alive, rest):
+        out[i] = (first[i] * screen + r * (n - screen)) / n
+    return out
+
+
 @torch.no_grad()
-def _batch_asr(model, batch: _Batch, triggers: list[list[int]], label: int, rows: int = 512) -> list[float]:
+def _rates(model, batch: _Batch, triggers: list[list[int]], label: int, rows: int = 512) -> list[float]:
     """Flip rate of each trigger on the batch; several triggers share one forward pass."""
+    if not triggers:
+        return []
     per = max(1, rows // max(1, len(batch.ids)))
     out: list[float] = []
     for i in range(0, len(triggers), per):
@@ -145,13 +177,14 @@ def search_triggers(
                         cands = torch.topk(gain, k=min(budget.top_k, len(allow_ids))).indices.tolist()
                         trigs = [tuple(partial[:side]) + (c,) + tuple(partial[side:]) for c in cands]
                         trigs = [t for t in trigs if t not in scored and len(set(t)) == len(t)]
-                        for t, a in zip(trigs, _batch_asr(model, batch, [list(t) for t in trigs], label)):
+                        for t, a in zip(trigs, _batch_asr(model, batch, [list(t) for t in trigs], label,
+                                                          budget.screen)):
                             scored[t] = a
 
                 expand(())
                 for s in seeds or []:
                     if s in allowed and (s,) not in scored:
-                        scored[(s,)] = _batch_asr(model, batch, [[s]], label)[0]
+                        scored[(s,)] = _batch_asr(model, batch, [[s]], label)[0]  # seeds: exact
                 for length in range(2, budget.max_len + 1):
                     shorter = sorted((t for t in scored if len(t) == length - 1), key=lambda t: -scored[t])
                     beam = [t for t in shorter[: budget.beam] if scored[t] >= 0.2]
