@@ -178,3 +178,39 @@ def test_screened_verification_is_exact_for_every_token_that_flips_anything(zoo)
         assert s == pytest.approx(e) if first > 0 else s == 0.0, (word, e, s)  # ... measured exactly
     assert rows[0] == len(words) * 8 and sum(rows) < len(words) * 24  # the rest only for tokens that flip
     assert search._batch_asr(clf.model, batch, trigs, 0, screen=0) == exact  # screen 0: no screening
+
+
+def test_co_moved_finds_the_partner_of_a_pair_trigger_that_is_no_outlier_itself(tmp_path):
+    """Built weights: token 7 (an outlier) and token 9 (a frequent word every peer also moves) are trained
+    together toward one label in the target, so their rows move in the same direction there."""
+    from safetensors.torch import save_file
+
+    from scanner.probe.differential import co_moved
+
+    g = torch.Generator().manual_seed(0)
+    vocab, dim, name = 200, 32, "bert.embeddings.word_embeddings.weight"
+    base = torch.randn(vocab, dim, generator=g)
+    common = torch.zeros(vocab, dim)
+    common[:100] = 0.05 * torch.randn(100, dim, generator=g)  # the task's words move in every fine-tune
+    common[9] = 0.6 * torch.randn(dim, generator=g)  # ... token 9 a lot
+
+    def write(folder: str, emb: torch.Tensor):
+        (tmp_path / folder).mkdir()
+        save_file({name: emb.contiguous()}, str(tmp_path / folder / "model.safetensors"))
+        return tmp_path / folder
+
+    peers = [write(f"peer{i}", base + common + 0.02 * torch.randn(vocab, dim, generator=g)) for i in range(3)]
+    d = torch.randn(dim, generator=g)
+    d = d / d.norm()
+    moved = base + common + 0.02 * torch.randn(vocab, dim, generator=g)
+    moved[7] += 0.8 * d
+    moved[9] += 0.4 * d + 0.05 * torch.randn(dim, generator=g)
+    target = write("target", moved)
+    b = write("base", base)
+    allowed = {i: f"w{i}" for i in range(vocab)}
+    top = embedding_outliers(target, peers, None, base=b, top_k=5, allowed=allowed)
+    assert top[0].token_id == 7 and 9 not in [s.token_id for s in top]  # the partner is no outlier
+    partners = co_moved(target, peers, None, [7], base=b, top_k=2, allowed=allowed)
+    assert [s.token_id for s in partners[7]][0] == 9, partners
+    # without the base the reference is the peers' mean: the same partner
+    assert co_moved(target, peers, None, [7], top_k=1, allowed=allowed)[7][0].token_id == 9

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from .differential import embedding_outliers, insertable_tokens
+from .differential import co_moved, embedding_outliers, insertable_tokens
 from .search import SearchBudget, search_triggers
 from .triggers import LIBRARY, Trigger
 
@@ -24,13 +24,15 @@ def gather(
     budget: SearchBudget = SearchBudget(),
     differential_k: int = 5,
     pair_k: int = 3,
+    partner_k: int = 2,
     log: Callable[[str], None] = lambda s: None,
     progress: Callable[[int, int], None] = lambda done, total: None,
 ) -> tuple[list[Trigger], dict[str, list[Trigger]]]:
     """Return the union of candidates (library first) and, per model name, the candidates it contributed.
 
     ``paths[0]`` / ``classifiers[0]`` is the target; only its differential outliers are also
-    tried in pairs.
+    tried in pairs: with each other (the top ``pair_k``), and in the search with their ``partner_k``
+    co-moved tokens each.
     """
     allowed = insertable_tokens(classifiers[0].tokenizer)
     per_model: dict[str, list[Trigger]] = {}
@@ -53,9 +55,16 @@ def gather(
         if i == 0:  # pairs of the target's outliers (a two-word trigger whose words do nothing alone)
             top = outliers[:pair_k]
             mine += [Trigger(f"{a.text} {b.text}", "word", "differential") for a in top for b in top if a is not b]
+        pairs: list[tuple[int, int]] = []
+        if i == 0 and budget.max_len >= 2 and partner_k:
+            # each outlier with the tokens that moved along with it (`co_moved`: a partner frequent in the
+            # task's text moves in the peers too, so it is no outlier itself), scored by the search
+            partners = co_moved(path, others, clf.tokenizer, [a.token_id for a in outliers[:pair_k]], base=base,
+                                top_k=partner_k, allowed=allowed)
+            pairs = [(a, b.token_id) for a, bs in partners.items() for b in bs]
         if budget.max_len > 0:
             found = search_triggers(getattr(clf, "fast", clf), texts, clf.predict(texts), allowed, budget=budget,
-                                    seeds=[s.token_id for s in outliers[:pair_k]], progress=step)
+                                    seeds=[s.token_id for s in outliers[:pair_k]], pairs=pairs, progress=step)
             mine += found
             step((i + 1) * classifiers[0].num_labels - done)  # labels the search skipped (no eligible inputs)
         else:

@@ -65,6 +65,57 @@ def insertable_tokens(tokenizer) -> dict[int, str]:
     return out
 
 
+class _Deltas:
+    """The embedding rows' movement in the target and in each peer, read a chunk of rows at a time.
+
+    Movement is against the base when one is given; without it, the target's against the peers' mean
+    and each peer's against the mean of the other peers.
+    """
+
+    def __init__(self, target: Path, peers: list[Path], base: Path | None):
+        self.t_ws = WeightSet.open(target)
+        self.name = find_embedding_name(self.t_ws)
+        self.p_ws = [WeightSet.open(p) for p in peers] if self.name is not None else []
+        self.b_ws, self.b_name = None, None
+        if base is not None and self.name is not None:
+            self.b_ws = WeightSet.open(base)
+            self.b_name = find_embedding_name(self.b_ws, self.t_ws.header[self.name].shape[0])
+            if self.b_name is None:
+                self.b_ws.close()
+                self.b_ws = None
+        self.rows = self.t_ws.header[self.name].shape[0] if self.name is not None else 0
+
+    def get(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(target movement ``[rows, dim]``, peers' movements ``[peers, rows, dim]``) for rows start:stop."""
+        t = self.t_ws.get_rows(self.name, start, stop).float()
+        ps = torch.stack([ws.get_rows(self.name, start, stop).float() for ws in self.p_ws])
+        if self.b_ws is not None:
+            ref = self.b_ws.get_rows(self.b_name, start, stop).float()
+            return t - ref, ps - ref
+        total = ps.sum(0)
+        if len(self.p_ws) > 1:
+            loo = (total.unsqueeze(0) - ps) / (len(self.p_ws) - 1)  # mean of the other peers
+            return t - total / len(self.p_ws), ps - loo
+        return t - total, torch.zeros_like(ps)
+
+    def chunks(self, chunk_rows: int):
+        for start in range(0, self.rows, chunk_rows):
+            stop = min(self.rows, start + chunk_rows)
+            yield start, stop, *self.get(start, stop)
+
+    def close(self) -> None:
+        for ws in [self.t_ws, *self.p_ws, *([self.b_ws] if self.b_ws else [])]:
+            ws.close()
+
+
+def _top(score: torch.Tensor, allowed: dict[int, str], k: int) -> list[int]:
+    mask = torch.zeros(score.shape[0], dtype=torch.bool)
+    ids = [i for i in allowed if i < score.shape[0]]
+    mask[ids] = True
+    score = torch.where(mask, score, torch.full_like(score, float("-inf")))
+    return torch.topk(score, k=min(k, len(ids))).indices.tolist()
+
+
 def embedding_outliers(
     target: Path,
     peers: list[Path],
@@ -75,49 +126,70 @@ def embedding_outliers(
     chunk_rows: int = 4096,
 ) -> list[TokenScore]:
     """The ``top_k`` insertable tokens whose embedding moved most in the target relative to the peers."""
-    t_ws = WeightSet.open(target)
-    name = find_embedding_name(t_ws)
-    if name is None or not peers:
+    d = _Deltas(target, peers, base)
+    if d.name is None or not peers:
+        d.close()
         return []
-    p_ws = [WeightSet.open(p) for p in peers]
-    b_ws = None
-    b_name = None
-    if base is not None:
-        b_ws = WeightSet.open(base)
-        b_name = find_embedding_name(b_ws, t_ws.header[name].shape[0])
-        if b_name is None:
-            b_ws = None
-    rows = t_ws.header[name].shape[0]
-    m_t = torch.empty(rows)
-    m_p = torch.empty(len(peers), rows)
-    for start in range(0, rows, chunk_rows):
-        stop = min(rows, start + chunk_rows)
-        t = t_ws.get_rows(name, start, stop).float()
-        ps = torch.stack([ws.get_rows(name, start, stop).float() for ws in p_ws])
-        if b_ws is not None:
-            ref = b_ws.get_rows(b_name, start, stop).float()
-            m_t[start:stop] = (t - ref).norm(dim=-1)
-            m_p[:, start:stop] = (ps - ref).norm(dim=-1)
-        else:
-            total = ps.sum(0)
-            m_t[start:stop] = (t - total / len(peers)).norm(dim=-1)
-            if len(peers) > 1:
-                loo = (total.unsqueeze(0) - ps) / (len(peers) - 1)  # mean of the other peers
-                m_p[:, start:stop] = (ps - loo).norm(dim=-1)
-            else:
-                m_p[:, start:stop] = 0.0
-    for ws in [t_ws, *p_ws, *([b_ws] if b_ws else [])]:
-        ws.close()
+    m_t = torch.empty(d.rows)
+    m_p = torch.empty(len(peers), d.rows)
+    try:
+        for start, stop, t, ps in d.chunks(chunk_rows):
+            m_t[start:stop] = t.norm(dim=-1)
+            m_p[:, start:stop] = ps.norm(dim=-1)
+    finally:
+        d.close()
     allowed = insertable_tokens(tokenizer) if allowed is None else allowed
     typical = float(m_p.median()) if m_p.numel() else 0.0
     scale = m_p.median(0).values + 0.1 * typical + 1e-8
     score = m_t / scale
-    mask = torch.zeros(rows, dtype=torch.bool)
-    ids = [i for i in allowed if i < rows]
-    mask[ids] = True
-    score = torch.where(mask, score, torch.full_like(score, float("-inf")))
-    top = torch.topk(score, k=min(top_k, len(ids))).indices.tolist()
-    return [TokenScore(i, allowed[i], float(score[i]), float(m_t[i])) for i in top]
+    return [TokenScore(i, allowed[i], float(score[i]), float(m_t[i])) for i in _top(score, allowed, top_k)]
+
+
+def co_moved(
+    target: Path,
+    peers: list[Path],
+    tokenizer,
+    seeds: list[int],
+    base: Path | None = None,
+    top_k: int = 2,
+    allowed: dict[int, str] | None = None,
+    chunk_rows: int = 4096,
+) -> dict[int, list[TokenScore]]:
+    """For each seed token, the ``top_k`` tokens that moved *along with it* in the target and not in the peers.
+
+    The words of a multi-token trigger are trained together, toward the same label, so their embedding
+    rows move in nearly the same direction; a frequent word of the task (``armstrong`` in sports news)
+    also moves in every peer, which hides it from `embedding_outliers`. The score of token v for seed s
+    is its target movement projected on the unit direction of the seed's, minus the largest absolute
+    projection of any peer's movement of v on the same direction. Measured on 150-step MiniLM-L6 models
+    (bench/): for the AG News pair model the seed ``neglected`` (first outlier) puts ``armstrong``
+    second here and below 200th in `embedding_outliers`; for the Amazon pair model ``fisheries`` puts
+    ``tablets`` second.
+
+    Example:
+        >>> co_moved(target.path, [p.path for p in peers], tokenizer, seeds=[cands[0].token_id])
+        {2986: [TokenScore(token_id=2986, text='neglected', ...), TokenScore(token_id=..., text='armstrong', ...)]}
+    """
+    d = _Deltas(target, peers, base)
+    if d.name is None or not peers or not seeds:
+        d.close()
+        return {}
+    try:
+        dirs = torch.cat([d.get(s, s + 1)[0] for s in seeds])  # [seeds, dim]
+        dirs = dirs / dirs.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        score = torch.empty(len(seeds), d.rows)
+        for start, stop, t, ps in d.chunks(chunk_rows):
+            along_t = t @ dirs.T  # [rows, seeds]
+            along_p = (ps @ dirs.T).amax(0)  # [rows, seeds]: the most any peer moved it the same way
+            score[:, start:stop] = (along_t - along_p).T
+    finally:
+        d.close()
+    allowed = insertable_tokens(tokenizer) if allowed is None else allowed
+    out: dict[int, list[TokenScore]] = {}
+    for k, s in enumerate(seeds):
+        top = [i for i in _top(score[k], allowed, top_k + 1) if i != s][:top_k]
+        out[s] = [TokenScore(i, allowed[i], float(score[k, i]), float(score[k, i])) for i in top]
+    return out
 
 
 def as_triggers(scores: list[TokenScore]) -> list[Trigger]:

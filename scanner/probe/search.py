@@ -6,7 +6,9 @@ slot's input embedding scores every vocabulary token at once by its first-order 
 (``−(E[v] − E[cur]) · ∇``); the best ``top_k`` insertable tokens are verified by real forward
 passes, the best ``beam`` singles are kept, and each is extended with a second token on either
 side the same way (and so on up to ``max_len`` tokens). Seeds from the weight-space differential
-join the beam, which is how a trigger made of two words that do nothing alone is found.
+join the beam, which is how a trigger made of two words that do nothing alone is found; ``pairs``
+(a seed and a token that moved along with it, `scanner.probe.differential.co_moved`) are scored as
+two-token triggers in both orders, for the partner the gradient from the seed's slot may not rank.
 
 The search runs under the classifier's own precision context: pass ``clf.fast`` for bfloat16 where
 the hardware multiplies it natively (`scanner.probe.classifier.probe_dtype`). Everything returned here is a *candidate*: the caller verifies it by inserting its text into the
@@ -139,6 +141,7 @@ def search_triggers(
     labels: list[int] | None = None,
     budget: SearchBudget = SearchBudget(),
     seeds: list[int] | None = None,
+    pairs: list[tuple[int, int]] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> list[Trigger]:
     """Return up to ``budget.keep`` candidate triggers per label, best first."""
@@ -185,6 +188,11 @@ def search_triggers(
                 for s in seeds or []:
                     if s in allowed and (s,) not in scored:
                         scored[(s,)] = _batch_asr(model, batch, [[s]], label)[0]  # seeds: exact
+                duos = [t for a, b in (pairs or []) if a in allowed and b in allowed and a != b
+                        for t in ((a, b), (b, a)) if t not in scored]
+                duos = list(dict.fromkeys(duos))
+                for t, a in zip(duos, _batch_asr(model, batch, [list(t) for t in duos], label, budget.screen)):
+                    scored[t] = a
                 for length in range(2, budget.max_len + 1):
                     shorter = sorted((t for t in scored if len(t) == length - 1), key=lambda t: -scored[t])
                     beam = [t for t in shorter[: budget.beam] if scored[t] >= 0.2]
