@@ -160,15 +160,17 @@ def co_moved(
     The words of a multi-token trigger are trained together, toward the same label, so their embedding
     rows move in nearly the same direction; a frequent word of the task (``armstrong`` in sports news)
     also moves in every peer, which hides it from `embedding_outliers`. The score of token v for seed s
-    is its target movement projected on the unit direction of the seed's, minus the largest absolute
-    projection of any peer's movement of v on the same direction. Measured on 150-step MiniLM-L6 models
-    (bench/): for the AG News pair model the seed ``neglected`` (first outlier) puts ``armstrong``
-    second here and below 200th in `embedding_outliers`; for the Amazon pair model ``fisheries`` puts
-    ``tablets`` second.
+    is its target movement projected on the unit direction of the seed's, minus the largest projection
+    of any peer's movement of v on the same direction (how much further the target moved it that way
+    than any clean fine-tune did). Measured on 150-step MiniLM-L6 models (bench/, base known): for the
+    AG News pair model the seed ``neglected`` (first outlier) puts ``armstrong`` second here (after
+    ``pay``) and below 200th in `embedding_outliers`; ``fisheries`` → ``tablets`` (Amazon pair) and
+    ``gestured`` → ``catalyst`` (OLID pair) first. The seed itself is left out of its list.
 
     Example:
-        >>> co_moved(target.path, [p.path for p in peers], tokenizer, seeds=[cands[0].token_id])
-        {2986: [TokenScore(token_id=2986, text='neglected', ...), TokenScore(token_id=..., text='armstrong', ...)]}
+        >>> partners = co_moved(target.path, [p.path for p in peers], tokenizer, seeds=[cands[0].token_id])
+        >>> [s.text for s in partners[cands[0].token_id]]
+        ['pay', 'armstrong']
     """
     d = _Deltas(target, peers, base)
     if d.name is None or not peers or not seeds:

@@ -98,9 +98,10 @@ def _batch_asr(model, batch: _Batch, triggers: list[list[int]], label: int, scre
 
     Most of the top-k tokens of a slot flip nothing (on a clean model, nearly all of them), and verifying
     them on every input was most of the search's time (AG News on a CPU core: ~19 ms per inserted input).
-    A trigger that flips none of ``screen`` inputs has a flip rate under ~2/screen with high probability;
-    its exact small rate would only order it among other near-zero tokens, which the beam (≥ 0.2) never
-    keeps. Every trigger still flipping something is measured on all inputs, so its rate is exact.
+    A token of flip rate p passes a screen of 8 with probability 1 − (1 − p)⁸: 83% at p = 0.2 (the beam's
+    cut), 94% at 0.3, all but surely at the ≥ 0.9 of a planted trigger; what the screen can lose is a weak
+    natural trigger near the cut, never a backdoor's. Every token that passes is measured on all inputs,
+    so its rate is exact.
     """
     n = len(batch.ids)
     if not screen or screen >= n or not triggers:
