@@ -52,19 +52,19 @@ def gather(
         outliers = embedding_outliers(path, others, clf.tokenizer, base=base, top_k=differential_k, allowed=allowed) \
             if others and differential_k else []
         mine += [Trigger(s.text, "word", "differential") for s in outliers]
-        if i == 0:  # pairs of the target's outliers (a two-word trigger whose words do nothing alone)
-            top = outliers[:pair_k]
-            mine += [Trigger(f"{a.text} {b.text}", "word", "differential") for a in top for b in top if a is not b]
+        top = outliers[:pair_k]
         pairs: list[tuple[int, int]] = []
-        if i == 0 and budget.max_len >= 2 and partner_k:
-            # each outlier with the tokens that moved along with it (`co_moved`: a partner frequent in the
-            # task's text moves in the peers too, so it is no outlier itself), scored by the search
-            partners = co_moved(path, others, clf.tokenizer, [a.token_id for a in outliers[:pair_k]], base=base,
-                                top_k=partner_k, allowed=allowed)
-            pairs = [(a, b.token_id) for a, bs in partners.items() for b in bs]
+        if i == 0:  # pairs of the target's outliers (a two-word trigger whose words do nothing alone)
+            mine += [Trigger(f"{a.text} {b.text}", "word", "differential") for a in top for b in top if a is not b]
+            if budget.max_len >= 2 and partner_k:
+                # each outlier with the tokens that moved along with it (`co_moved`: a partner frequent in the
+                # task's text moves in the peers too, so it is no outlier itself), scored by the search
+                partners = co_moved(path, others, clf.tokenizer, [a.token_id for a in top], base=base,
+                                    top_k=partner_k, allowed=allowed)
+                pairs = [(a, b.token_id) for a, bs in partners.items() for b in bs]
         if budget.max_len > 0:
             found = search_triggers(getattr(clf, "fast", clf), texts, clf.predict(texts), allowed, budget=budget,
-                                    seeds=[s.token_id for s in outliers[:pair_k]], pairs=pairs, progress=step)
+                                    seeds=[s.token_id for s in top], pairs=pairs, progress=step)
             mine += found
             step((i + 1) * classifiers[0].num_labels - done)  # labels the search skipped (no eligible inputs)
         else:
