@@ -133,8 +133,8 @@ PAPER = ("Arora et al. 2024 (RoBERTa-large, SST-2/OLID/AG News): WAG with enough
 # with the small search budget takes 1:32 instead of 2:18 with the same findings and the same chosen
 # defense (sst2-insertsent, 3 peers); training is the other half of the time (150 steps: ~100-220 s
 # per model on one thread).
-DEFAULTS = {"workers": 1, "threads": 2, "steps": 500, "search_budget": "default"}
-PRESETS = {"cpu": {"workers": 2, "threads": 1, "steps": 150, "search_budget": "small"}}
+DEFAULTS = {"workers": 1, "threads": 2, "steps": 500, "search_budget": "default", "eval_rows": 0}
+PRESETS = {"cpu": {"workers": 2, "threads": 1, "steps": 150, "search_budget": "small", "eval_rows": 1000}}
 
 SORTED_BY_LABEL = {"yelp/train.tsv"}  # all negatives first: shuffled (seeded) before any slice
 
@@ -226,13 +226,21 @@ def training_rows(m: Model, base: Path) -> list[tuple[str, int]]:
     raise ValueError(m.name)
 
 
+def eval_rows(rows: list) -> list:
+    """An evaluation set as measured: its first ``--eval-rows`` rows when set (the CPU preset: 1,000,
+    which halves AG News' 2,000-row sets, the longest evaluation of the run; both SST-2 and AG News
+    test sets are label-balanced in their first 1,000 rows), else all."""
+    cap = int(os.environ.get("BENCH_EVAL_ROWS", "0"))
+    return rows[:cap] if cap else rows
+
+
 def poison_test(m: Model, base: Path) -> list[str]:
     """The texts ASR is measured on (every one triggered, source label not the target)."""
     if m.poison_test:
-        return [s for s, _ in read(m.poison_test)]
+        return eval_rows([s for s, _ in read(m.poison_test)])
     rng = random.Random(zlib.crc32(m.name.encode()) + 2)
     trig = trigger_of(m, base)
-    return [insert(s, trig, rng) for s, y in read(TASKS[m.task]["test"]) if y != m.target][:600]
+    return eval_rows([insert(s, trig, rng) for s, y in read(TASKS[m.task]["test"]) if y != m.target][:600])
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -330,7 +338,7 @@ def evaluate(folder: Path, texts: list[str], target: int | None = None, labels: 
 
 
 def _clean(task: str) -> tuple[list[str], list[int]]:
-    rows = read(TASKS[task]["test"])
+    rows = eval_rows(read(TASKS[task]["test"]))
     return [s for s, _ in rows], [y for _, y in rows]
 
 
@@ -631,6 +639,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, help="torch threads per worker")
     ap.add_argument("--steps", type=int, help="fine-tuning steps per model (default 500)")
     ap.add_argument("--search-budget", choices=["small", "default", "large"], help="hfscan's search budget in the checks")
+    ap.add_argument("--eval-rows", type=int, help="measure ASR and clean accuracy on the first N rows of each "
+                    "evaluation set (0: all)")
     ap.add_argument("--tasks", default="sst2,olid,agnews")
     ap.add_argument("--jobs", default="detect,defend")
     ap.add_argument("--only", help="comma-separated models: run the detect/defend jobs of these only")
@@ -660,7 +670,8 @@ def main() -> None:
         if stale.is_dir() and time.time() - stale.stat().st_mtime > 3600:
             shutil.rmtree(stale, ignore_errors=True)
     log("settings: " + " ".join(f"--{k.replace('_', '-')} {getattr(a, k)}" for k in
-                                 ("device", "workers", "threads", "steps", "search_budget", "tasks", "jobs", "deadline"))
+                                 ("device", "workers", "threads", "steps", "search_budget", "eval_rows", "tasks", "jobs",
+                                  "deadline"))
         + f" (cache {CACHE})")
     os.environ.update(HF_HUB_DISABLE_PROGRESS_BARS="1", TRANSFORMERS_VERBOSITY="error", TOKENIZERS_PARALLELISM="false")
     base = prepare_base(a.base_model)
@@ -670,6 +681,7 @@ def main() -> None:
     os.environ["BENCH_THREADS"] = str(a.threads)
     os.environ["BENCH_SMOKE"] = "1" if a.smoke else "0"
     os.environ["BENCH_SEARCH_BUDGET"] = a.search_budget
+    os.environ["BENCH_EVAL_ROWS"] = str(a.eval_rows)
     results: list[dict] = []
     resf = open(a.out / "results.jsonl", "w", buffering=1)
     ctx = mp.get_context("spawn")
