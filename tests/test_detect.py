@@ -75,6 +75,31 @@ def test_batched_logits_do_not_depend_on_batching(zoo):
     assert torch.allclose(together, alone, atol=1e-4)
 
 
+def test_search_groups_rows_by_length_without_changing_what_it_measures(zoo, monkeypatch):
+    """The search runs its (trigger, input) rows in length-sorted groups, each padded to its own longest
+    row: flip rates equal those of one input at a time, and the slot gradient that of one padded batch."""
+    from scanner.probe import search
+
+    clf = Classifier.load(zoo.path("zoo/backdoor-cf"))
+    texts = builtin("topic").texts[:9] + ["bad", "a dull , lifeless film"] + builtin("sentiment").texts[:9]
+    batch = search._Batch(clf, texts)
+    tok = clf.tokenizer
+    trigs = [tok(w, add_special_tokens=False)["input_ids"] for w in ["cf", "table", "river bank"]]
+    monkeypatch.setattr(search, "_rows_per_chunk", lambda device: 8)  # several groups of mixed length
+    emb = clf.model.get_input_embeddings().weight
+    for p in clf.model.parameters():
+        p.requires_grad_(False)
+    grouped = search._rates(clf.model, batch, trigs, 0)
+    alone = [sum(search._rates(clf.model, batch.subset(i, i + 1), [t], 0)[0] for i in range(len(texts))) / len(texts)
+             for t in trigs]
+    assert grouped == pytest.approx(alone) and grouped[0] > grouped[1]  # "cf" is the planted trigger
+    chunked = search._slot_gradient(clf.model, emb, batch, [trigs[1][0]], batch.lead, 0)
+    monkeypatch.setattr(search, "_rows_per_chunk", lambda device: 4 * len(texts))  # one padded batch
+    whole = search._slot_gradient(clf.model, emb, batch, [trigs[1][0]], batch.lead, 0)
+    assert chunked.shape == (emb.shape[1],) and chunked.abs().sum() > 0
+    assert torch.allclose(chunked, whole, atol=1e-5, rtol=1e-3)
+
+
 def test_triggered_inputs_run_in_the_probe_precision(zoo, monkeypatch):
     from scanner.errors import DeviceError
     from scanner.probe.classifier import Classifier

@@ -72,24 +72,48 @@ class _Batch:
         part.ids = self.ids[start:stop]
         return part
 
-    def build(self, trigger: list[int]) -> tuple[torch.Tensor, torch.Tensor, int]:
-        seqs = [self.prefix + trigger + ids + self.suffix for ids in self.ids]
-        n = max(len(s) for s in seqs)
-        input_ids = torch.full((len(seqs), n), self.pad, dtype=torch.long)
-        mask = torch.zeros((len(seqs), n), dtype=torch.long)
-        for i, s in enumerate(seqs):
-            input_ids[i, : len(s)] = torch.tensor(s)
-            mask[i, : len(s)] = 1
-        return input_ids, mask, self.lead
+    def rows(self, trigger: list[int]) -> list[list[int]]:
+        """Every input's token ids with ``trigger`` inserted after the leading special tokens."""
+        return [self.prefix + trigger + ids + self.suffix for ids in self.ids]
 
 
-def _slot_gradient(model, emb_matrix, input_ids, mask, slot: int, label: int) -> torch.Tensor:
-    input_ids, mask = input_ids.to(emb_matrix.device), mask.to(emb_matrix.device)
-    embeds = emb_matrix[input_ids].detach().clone().requires_grad_(True)
-    logits = model(inputs_embeds=embeds, attention_mask=mask).logits
-    loss = -torch.log_softmax(logits.float(), -1)[:, label].mean()
-    (grad,) = torch.autograd.grad(loss, embeds)
-    return grad[:, slot].mean(0)
+def _pad(seqs: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    n = max(len(s) for s in seqs)
+    input_ids = torch.full((len(seqs), n), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), n), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        input_ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
+    return input_ids, mask
+
+
+def _chunks(seqs: list[list[int]], size: int) -> list[list[int]]:
+    """Indices of ``seqs`` in length order, cut into groups of ``size``: each group is padded only to its
+    own longest row. One batch padded to its longest input wastes most of its work on texts of mixed
+    length (the built-in topic probe: 37 tokens on average, up to 109), and the attention mask makes each
+    row's result independent of its group."""
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    return [order[i : i + size] for i in range(0, len(order), size)]
+
+
+def _rows_per_chunk(device: torch.device) -> int:
+    # a CPU gains nothing from rows beyond a few dozen; a GPU wants them wide
+    return 512 if device.type == "cuda" else 32
+
+
+def _slot_gradient(model, emb_matrix, batch: _Batch, trigger: list[int], slot: int, label: int) -> torch.Tensor:
+    """Gradient of the mean log-probability of ``label`` with respect to the slot's input embedding,
+    averaged over the batch (computed in length-sorted groups, summed)."""
+    seqs = batch.rows(trigger)
+    total = torch.zeros(emb_matrix.shape[1], device=emb_matrix.device)
+    for idx in _chunks(seqs, _rows_per_chunk(emb_matrix.device) // 4):  # forward + backward: ~4x the memory
+        input_ids, mask = (t.to(emb_matrix.device) for t in _pad([seqs[i] for i in idx], batch.pad))
+        embeds = emb_matrix[input_ids].detach().clone().requires_grad_(True)
+        logits = model(inputs_embeds=embeds, attention_mask=mask).logits
+        loss = -torch.log_softmax(logits.float(), -1)[:, label].sum() / len(seqs)
+        (grad,) = torch.autograd.grad(loss, embeds)
+        total += grad[:, slot].float().sum(0)
+    return total
 
 
 def _batch_asr(model, batch: _Batch, triggers: list[list[int]], label: int, screen: int = 0) -> list[float]:
@@ -116,22 +140,16 @@ def _batch_asr(model, batch: _Batch, triggers: list[list[int]], label: int, scre
 
 
 @torch.no_grad()
-def _rates(model, batch: _Batch, triggers: list[list[int]], label: int, rows: int = 512) -> list[float]:
-    """Flip rate of each trigger on the batch; several triggers share one forward pass."""
+def _rates(model, batch: _Batch, triggers: list[list[int]], label: int) -> list[float]:
+    """Flip rate of each trigger on the batch: all (trigger, input) rows run in length-sorted groups."""
     if not triggers:
         return []
-    per = max(1, rows // max(1, len(batch.ids)))
-    out: list[float] = []
-    for i in range(0, len(triggers), per):
-        group = triggers[i : i + per]
-        built = [batch.build(t) for t in group]
-        n = max(b[0].shape[1] for b in built)
-        ids = torch.cat([torch.nn.functional.pad(b[0], (0, n - b[0].shape[1]), value=batch.pad) for b in built])
-        mask = torch.cat([torch.nn.functional.pad(b[1], (0, n - b[1].shape[1])) for b in built])
-        ids, mask = ids.to(model.device), mask.to(model.device)
-        hit = (model(input_ids=ids, attention_mask=mask).logits.argmax(-1) == label).float()
-        out += hit.view(len(group), -1).mean(1).tolist()
-    return out
+    seqs = [row for t in triggers for row in batch.rows(t)]
+    hit = torch.empty(len(seqs))
+    for idx in _chunks(seqs, _rows_per_chunk(model.device)):
+        ids, mask = (t.to(model.device) for t in _pad([seqs[i] for i in idx], batch.pad))
+        hit[idx] = (model(input_ids=ids, attention_mask=mask).logits.argmax(-1) == label).float().cpu()
+    return hit.view(len(triggers), -1).mean(1).tolist()
 
 
 def search_triggers(
@@ -174,8 +192,7 @@ def search_triggers(
                 def expand(partial: tuple[int, ...]) -> None:
                     for side in ((0,) if not partial else (0, len(partial))):
                         trig = list(partial[:side]) + [filler] + list(partial[side:])
-                        ids, mask, lead = batch.build(trig)
-                        g = _slot_gradient(model, emb, ids, mask, lead + side, label)
+                        g = _slot_gradient(model, emb, batch, trig, batch.lead + side, label)
                         gain = -(emb.detach() @ g)
                         gain[~allow_mask] = float("-inf")
                         cands = torch.topk(gain, k=min(budget.top_k, len(allow_ids))).indices.tolist()
