@@ -23,7 +23,7 @@ defense); SST-2 victims also with 3 *backdoored* peers. ASR on the published poi
 clean test sets. hfscan only ever sees its own built-in probe sets, never these test sets.
 
     python bench/bench_minilm.py [--device cuda] [--workers 6] [--steps 500] [--tasks sst2,olid,agnews]
-    python bench/bench_minilm.py --preset cpu --jobs defend       # the defense benchmark on 2 CPU cores (~93 min cold, ~56 cached)
+    python bench/bench_minilm.py --preset cpu --jobs defend       # the defense benchmark on 2 CPU cores (82.7 min cold, measured; ~45 cached)
     python bench/bench_minilm.py pack DEST        # the trimmed data + fp16 base, for a machine without ../shared
 
 Models are cached under $HFSCAN_BENCH_CACHE (default ~/.cache/hfscan/bench-minilm), recipe-stamped.

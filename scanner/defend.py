@@ -12,12 +12,7 @@ for a small model), loaded and measured on the probe set:
   flips sentiment) that no merge removes and that are no backdoor; only the excess is;
 * the **clean bound**: accuracy on the probe labels (or, without labels, on the majority vote of
   the target and its peers, a proxy for the truth) may drop by at most ``max_clean_drop`` below
-  the target's, at the probe's own class mix *and* at any mix skewed up to 3:1 toward one class
-  (`clean_cost`): the built-in probes are class-balanced, deployments rarely are, and a merge that
-  trades one class's recall for another's looks free on a balanced probe. (Measured on 2 CPU cores,
-  150-step OLID models: a DARE-TIES merge gained 2.7 points on the balanced probe by moving 10 points
-  of recall from "not offensive" to "offensive", and cost 7.6 points on OLID test, 72% "not
-  offensive"; under this bound it costs 3.7 points and is out.)
+  the target's.
 
 The last two tries refine: when the merge with the lowest objective breaks the bound and is linear
 (WAG, task arithmetic), it is blended back toward the target by bisection on the target's kept share
@@ -99,27 +94,6 @@ def defend(
         progress=progress,
     )
     return DefenseOutcome(out, spec, summary)
-
-
-def clean_cost(pred: torch.Tensor, target_pred: torch.Tensor, reference: torch.Tensor) -> dict:
-    """How much clean accuracy a candidate loses against the target, as the bound reads it.
-
-    ``drop`` is the larger of the accuracy drop on the probe as it is and the worst drop at a class mix
-    where one class makes up half the inputs beyond a uniform share (``π = ½·uniform + ½·one class``:
-    3:1 for two classes, 62.5/12.5/12.5/12.5 for four). Accuracy is linear in the mix, so the latter is
-    ``(mean + max) / 2`` of the per-class recall drops, in closed form.
-
-    >>> y = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
-    >>> c = clean_cost(torch.tensor([0, 0, 0, 1, 1, 1, 1, 1]), y, y)  # class 0 loses a quarter of its recall
-    >>> c["accuracy_drop"], c["class_drops"], c["drop"]
-    (0.125, [0.25, 0.0], 0.1875)
-    """
-    drops = [float((target_pred[m] == c).float().mean() - (pred[m] == c).float().mean())
-             for c in reference.unique().tolist() for m in [reference == c]]
-    plain = float((target_pred == reference).float().mean() - (pred == reference).float().mean())
-    skewed = (sum(drops) / len(drops) + max(drops)) / 2 if drops else plain
-    return {"drop": round(max(plain, skewed), 4), "accuracy_drop": round(plain, 4),
-            "class_drops": [round(d, 4) for d in drops]}
 
 
 def candidate_specs(n_peers: int, base: Path | None, head_perms: dict[int, list[int]], budget: int) -> list[tuple[str, MergeSpec, list[int]]]:
@@ -242,7 +216,7 @@ def choose_and_build(
     # much clean accuracy (see `_pull_back`); when it does not, they go to the rest of the grid
     refine = 2 if triggers and budget >= 4 else 0
     target_clf = Classifier.load(target.path, name=target.name)
-    target_pred = target_clf.predict(texts)
+    target_acc = float((target_clf.predict(texts) == reference).float().mean())
     scratch = Path(tempfile.mkdtemp(prefix=".hfscan-defense-", dir=out.parent if out.parent.exists() else None))
     tried: list[dict] = []
     total = min(len(specs) + refine, budget) if triggers else 1 + blend_tries
@@ -257,13 +231,11 @@ def choose_and_build(
         clf = Classifier.load(folder, name=label)
         pred = clf.predict(texts)
         acc = float((pred == reference).float().mean())
-        cost = clean_cost(pred, target_pred, reference)
         asrs = [max(0.0, remeasure(clf, texts, t, pred).asr - fl) for t, fl in zip(triggers, floors)]
         row = {"candidate": label, "method": spec.method, **{k: v for k, v in spec.describe().items() if k != "method"},
                "peers": [p.name for p in sub], "weights": summary["weights"],
                "worst_asr": round(max(asrs), 4) if asrs else None, "clean": round(acc, 4),
-               "clean_drop": cost["drop"], "accuracy_drop": cost["accuracy_drop"], "class_drops": cost["class_drops"],
-               "within_bound": cost["drop"] <= max_clean_drop + 1e-9,
+               "clean_drop": round(target_acc - acc, 4), "within_bound": target_acc - acc <= max_clean_drop + 1e-9,
                "_folder": folder, "_spec": spec, "_summary": summary, "_sub": sub, "_idx": idx}
         if root is not None:
             row["_root"] = root
@@ -293,7 +265,7 @@ def choose_and_build(
             reason = (f"Lowest worst-case ASR in excess of the clean peers' ({win['worst_asr']:.3f}) over "
                       f"{len(triggers)} verified trigger(s) among "
                       f"{len(ok)} of {len(tried)} candidates within the clean bound (accuracy drop ≤ "
-                      f"{100 * max_clean_drop:.1f} points, also at a class mix skewed 3:1).")
+                      f"{100 * max_clean_drop:.1f} points).")
         else:
             win = min(tried, key=lambda r: (r["clean_drop"], r["worst_asr"]))
             reason = (f"No candidate kept clean accuracy within {100 * max_clean_drop:.1f} points of the target; "
