@@ -85,7 +85,7 @@ def test_search_groups_rows_by_length_without_changing_what_it_measures(zoo, mon
     batch = search._Batch(clf, texts)
     tok = clf.tokenizer
     trigs = [tok(w, add_special_tokens=False)["input_ids"] for w in ["cf", "table", "river bank"]]
-    monkeypatch.setattr(search, "_rows_per_chunk", lambda device: 8)  # several groups of mixed length
+    monkeypatch.setattr(search, "_tokens_per_chunk", lambda device: 8 * 40)  # several groups of mixed length
     emb = clf.model.get_input_embeddings().weight
     for p in clf.model.parameters():
         p.requires_grad_(False)
@@ -94,7 +94,7 @@ def test_search_groups_rows_by_length_without_changing_what_it_measures(zoo, mon
              for t in trigs]
     assert grouped == pytest.approx(alone) and grouped[0] > grouped[1]  # "cf" is the planted trigger
     chunked = search._slot_gradient(clf.model, emb, batch, [trigs[1][0]], batch.lead, 0)
-    monkeypatch.setattr(search, "_rows_per_chunk", lambda device: 4 * len(texts))  # one padded batch
+    monkeypatch.setattr(search, "_tokens_per_chunk", lambda device: 4 * len(texts) * 512)  # one padded batch
     whole = search._slot_gradient(clf.model, emb, batch, [trigs[1][0]], batch.lead, 0)
     assert chunked.shape == (emb.shape[1],) and chunked.abs().sum() > 0
     assert torch.allclose(chunked, whole, atol=1e-5, rtol=1e-3)

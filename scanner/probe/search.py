@@ -87,18 +87,25 @@ def _pad(seqs: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
     return input_ids, mask
 
 
-def _chunks(seqs: list[list[int]], size: int) -> list[list[int]]:
-    """Indices of ``seqs`` in length order, cut into groups of ``size``: each group is padded only to its
-    own longest row. One batch padded to its longest input wastes most of its work on texts of mixed
-    length (the built-in topic probe: 37 tokens on average, up to 109), and the attention mask makes each
-    row's result independent of its group."""
+def _chunks(seqs: list[list[int]], tokens: int) -> list[list[int]]:
+    """Indices of ``seqs`` in length order, cut into groups of at most ``tokens`` padded tokens each
+    (rows × the group's longest row). One batch padded to its longest input wastes most of its work on
+    texts of mixed length (the built-in topic probe: 37 tokens on average, up to 109), while groups of
+    a fixed few rows make short texts pay a forward call's overhead per handful (measured: SST-2 search
+    25% slower in 32-row groups). The attention mask makes each row's result independent of its group."""
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-    return [order[i : i + size] for i in range(0, len(order), size)]
+    groups: list[list[int]] = []
+    for i in order:
+        if groups and (len(groups[-1]) + 1) * len(seqs[i]) <= tokens:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
 
 
-def _rows_per_chunk(device: torch.device) -> int:
-    # a CPU gains nothing from rows beyond a few dozen; a GPU wants them wide
-    return 512 if device.type == "cuda" else 32
+def _tokens_per_chunk(device: torch.device) -> int:
+    # a CPU gains little from a forward pass wider than a few thousand tokens; a GPU wants it wide
+    return 65536 if device.type == "cuda" else 4096
 
 
 def _slot_gradient(model, emb_matrix, batch: _Batch, trigger: list[int], slot: int, label: int) -> torch.Tensor:
@@ -106,7 +113,7 @@ def _slot_gradient(model, emb_matrix, batch: _Batch, trigger: list[int], slot: i
     averaged over the batch (computed in length-sorted groups, summed)."""
     seqs = batch.rows(trigger)
     total = torch.zeros(emb_matrix.shape[1], device=emb_matrix.device)
-    for idx in _chunks(seqs, _rows_per_chunk(emb_matrix.device) // 4):  # forward + backward: ~4x the memory
+    for idx in _chunks(seqs, _tokens_per_chunk(emb_matrix.device) // 4):  # forward + backward: ~4x the memory
         input_ids, mask = (t.to(emb_matrix.device) for t in _pad([seqs[i] for i in idx], batch.pad))
         embeds = emb_matrix[input_ids].detach().clone().requires_grad_(True)
         logits = model(inputs_embeds=embeds, attention_mask=mask).logits
@@ -146,7 +153,7 @@ def _rates(model, batch: _Batch, triggers: list[list[int]], label: int) -> list[
         return []
     seqs = [row for t in triggers for row in batch.rows(t)]
     hit = torch.empty(len(seqs))
-    for idx in _chunks(seqs, _rows_per_chunk(model.device)):
+    for idx in _chunks(seqs, _tokens_per_chunk(model.device)):
         ids, mask = (t.to(model.device) for t in _pad([seqs[i] for i in idx], batch.pad))
         hit[idx] = (model(input_ids=ids, attention_mask=mask).logits.argmax(-1) == label).float().cpu()
     return hit.view(len(triggers), -1).mean(1).tolist()
