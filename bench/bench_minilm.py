@@ -703,6 +703,7 @@ def main() -> None:
         # job on a CPU (measured: ~1,100-1,250 s vs 530-590 s on one thread), and started last they left
         # one of the two workers idle for the last 20 minutes of the CPU run
         defend.sort(key=lambda j: BY_NAME[j[1]].task != "agnews")
+        detect.sort(key=lambda j: BY_NAME[j[1]].task != "agnews")  # same reason: an AG scan is ~2x an SST-2 one
         jobs = []  # the long defense jobs first, interleaved with detection, so a deadline cuts both evenly
         while defend or detect:
             jobs += defend[:1] + detect[:3]
