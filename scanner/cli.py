@@ -116,7 +116,7 @@ def merge_options(fn, auto: bool = False):
               show_default=True, help="Gradient-guided trigger search effort.")
 @functools.partial(merge_options, auto=True)
 @click.option("--max-clean-drop", type=click.FloatRange(0, 1), default=0.01, show_default=True,
-              help="Defense search: largest clean-accuracy drop allowed (0.01 = 1 point).")
+              help="Defense search: largest clean-accuracy drop allowed (0.01 = 1 point), on the probe and at a class mix skewed 3:1 toward any one class (class recall changes within sampling noise not counted).")
 @click.option("--defense-budget", type=click.IntRange(1, 64), default=8, show_default=True,
               help="Defense search: most candidate merges tried.")
 @click.option("--max-peers", type=click.IntRange(1, 16), default=3, show_default=True,

@@ -12,7 +12,14 @@ for a small model), loaded and measured on the probe set:
   flips sentiment) that no merge removes and that are no backdoor; only the excess is;
 * the **clean bound**: accuracy on the probe labels (or, without labels, on the majority vote of
   the target and its peers, a proxy for the truth) may drop by at most ``max_clean_drop`` below
-  the target's.
+  the target's, at the probe's own class mix *and* at a mix skewed 3:1 toward any one class, with
+  each class's recall change discounted by its sampling error (`clean_cost`). The built-in probes
+  are class-balanced, deployments rarely are, and a merge that trades one class's recall for
+  another's looks free on a balanced probe. (Measured on 2 CPU cores, 150-step OLID models: a
+  DARE-TIES merge gained 2.7 points on the balanced probe by moving 10 points of recall from "not
+  offensive" to "offensive", and cost 7.6 points on OLID test, 72% "not offensive". Without the
+  discount the same reading also rejected good merges that moved a few inputs between classes: AG
+  News ASR after the 2-peer defense rose from 2.1% to 14.9%.)
 
 The last two tries refine: when the merge with the lowest objective breaks the bound and is linear
 (WAG, task arithmetic), it is blended back toward the target by bisection on the target's kept share
@@ -94,6 +101,51 @@ def defend(
         progress=progress,
     )
     return DefenseOutcome(out, spec, summary)
+
+
+SKEW = 3.0  # the class mix the bound also reads: one class 3x as common as each other one
+NOISE_Z = 1.645  # a class's recall change counts beyond its one-sided 95% paired sampling error only
+
+
+def clean_cost(pred: torch.Tensor, target_pred: torch.Tensor, reference: torch.Tensor,
+               skew: float = SKEW, z: float = NOISE_Z) -> dict:
+    """How much clean accuracy a candidate loses against the target, as the bound reads it.
+
+    ``drop`` is the larger of two readings:
+
+    * the accuracy drop on the probe as it is (``accuracy_drop``);
+    * the worst drop at a class mix where one class is ``skew`` times as common as each other one (3:1
+      for two classes: OLID test is 72% "not offensive"), from the per-class recall changes. Accuracy is
+      linear in the mix, so this is ``((skew - 1)·d_c + Σ d) / (K - 1 + skew)``, maximised over c.
+      Each recall change ``d_c`` is first shrunk toward zero by ``z`` standard errors of a paired
+      difference (``b`` inputs of the class the candidate breaks, ``g`` it fixes:
+      ``se² = (b + g - (b - g)²/n) / n²``), so a shift of a few inputs, which any merge makes, reads as
+      no shift, and only a real trade of one class's recall for another's costs anything.
+
+    >>> y = torch.tensor([0] * 100 + [1] * 100)
+    >>> traded = y.clone(); traded[:20] = 1  # class 0 loses a fifth of its recall, class 1 unchanged
+    >>> c = clean_cost(traded, y, y)
+    >>> c["accuracy_drop"], c["class_drops"], c["drop"]  # 20 - 1.645·4 = 13.4 points counted, at 3:1
+    (0.1, [0.2, 0.0], 0.1007)
+    >>> shifted = y.clone(); shifted[:3] = 1  # three inputs: within sampling noise
+    >>> clean_cost(shifted, y, y)["drop"]  # the plain accuracy drop alone
+    0.015
+    """
+    plain = float((target_pred == reference).float().mean() - (pred == reference).float().mean())
+    raw, shrunk = [], []
+    for c in reference.unique().tolist():
+        m = reference == c
+        n = int(m.sum())
+        was, now = target_pred[m] == c, pred[m] == c
+        b, g = int((was & ~now).sum()), int((now & ~was).sum())
+        d = (b - g) / n
+        se = max(0.0, (b + g) - (b - g) ** 2 / n) ** 0.5 / n
+        raw.append(d)
+        shrunk.append(max(0.0, abs(d) - z * se) * (1 if d > 0 else -1))
+    k = len(shrunk)
+    skewed = max(((skew - 1) * d + sum(shrunk)) / (k - 1 + skew) for d in shrunk) if k > 1 else plain
+    return {"drop": round(max(plain, skewed), 4), "accuracy_drop": round(plain, 4),
+            "class_drops": [round(d, 4) for d in raw]}
 
 
 def candidate_specs(n_peers: int, base: Path | None, head_perms: dict[int, list[int]], budget: int) -> list[tuple[str, MergeSpec, list[int]]]:
@@ -216,7 +268,7 @@ def choose_and_build(
     # much clean accuracy (see `_pull_back`); when it does not, they go to the rest of the grid
     refine = 2 if triggers and budget >= 4 else 0
     target_clf = Classifier.load(target.path, name=target.name)
-    target_acc = float((target_clf.predict(texts) == reference).float().mean())
+    target_pred = target_clf.predict(texts)
     scratch = Path(tempfile.mkdtemp(prefix=".hfscan-defense-", dir=out.parent if out.parent.exists() else None))
     tried: list[dict] = []
     total = min(len(specs) + refine, budget) if triggers else 1 + blend_tries
@@ -231,11 +283,13 @@ def choose_and_build(
         clf = Classifier.load(folder, name=label)
         pred = clf.predict(texts)
         acc = float((pred == reference).float().mean())
+        cost = clean_cost(pred, target_pred, reference)
         asrs = [max(0.0, remeasure(clf, texts, t, pred).asr - fl) for t, fl in zip(triggers, floors)]
         row = {"candidate": label, "method": spec.method, **{k: v for k, v in spec.describe().items() if k != "method"},
                "peers": [p.name for p in sub], "weights": summary["weights"],
                "worst_asr": round(max(asrs), 4) if asrs else None, "clean": round(acc, 4),
-               "clean_drop": round(target_acc - acc, 4), "within_bound": target_acc - acc <= max_clean_drop + 1e-9,
+               "clean_drop": cost["drop"], "accuracy_drop": cost["accuracy_drop"], "class_drops": cost["class_drops"],
+               "within_bound": cost["drop"] <= max_clean_drop + 1e-9,
                "_folder": folder, "_spec": spec, "_summary": summary, "_sub": sub, "_idx": idx}
         if root is not None:
             row["_root"] = root
@@ -265,7 +319,7 @@ def choose_and_build(
             reason = (f"Lowest worst-case ASR in excess of the clean peers' ({win['worst_asr']:.3f}) over "
                       f"{len(triggers)} verified trigger(s) among "
                       f"{len(ok)} of {len(tried)} candidates within the clean bound (accuracy drop ≤ "
-                      f"{100 * max_clean_drop:.1f} points).")
+                      f"{100 * max_clean_drop:.1f} points, also at a class mix skewed 3:1).")
         else:
             win = min(tried, key=lambda r: (r["clean_drop"], r["worst_asr"]))
             reason = (f"No candidate kept clean accuracy within {100 * max_clean_drop:.1f} points of the target; "

@@ -6,7 +6,7 @@ import dataclasses
 from huggingface_hub.repocard import metadata_load
 from transformers import AutoModelForSequenceClassification
 
-from scanner.defend import candidate_specs, majority_labels
+from scanner.defend import candidate_specs, clean_cost, majority_labels
 import torch
 
 
@@ -69,7 +69,13 @@ def test_no_trigger_found_still_produces_the_papers_wag(zoo, tmp_path):
     rep = check(CheckOptions(target="zoo/clean-3", peers=["zoo/clean-1", "zoo/clean-2"], hub_dir=str(zoo.root),
                              output_dir=tmp_path, search_budget="small"))
     assert rep.verdict == "no_trigger_found"
-    assert rep.defense.method == "wag" and len(rep.defense.candidates) == 1
+    first, *rest = rep.defense.candidates
+    chosen = next(c for c in rep.defense.candidates if c["chosen"])
+    assert first["candidate"] == "wag"  # the paper's default is always tried first ...
+    if first["within_bound"]:
+        assert chosen is first and not rest
+    else:  # ... and when it breaks the bound (on this zoo it shifts class recall ~6 points), a full merge
+        assert chosen["method"] == "task_arithmetic" and chosen["within_bound"] and len(rest) == 1
     assert "cannot see" in rep.defense.note
     assert (tmp_path / "defended" / "model.safetensors").exists()
 
@@ -81,6 +87,38 @@ def test_candidate_space_and_majority_vote():
     assert len(candidate_specs(3, None, {}, budget=2)) == 2
     votes = [torch.tensor([0, 1, 1]), torch.tensor([1, 1, 0]), torch.tensor([1, 0, 0])]
     assert majority_labels(votes, 2).tolist() == [1, 1, 0]
+
+
+def test_the_clean_bound_sees_a_merge_that_trades_one_class_for_another():
+    """The OLID case measured on 2 CPU cores: a merge gains accuracy on the balanced probe by moving recall
+    from the majority class of the test set to the other; the bound reads it at a 3:1 mix and rejects it.
+    A merge that moves only a few inputs between the classes (any merge does) is not charged for it."""
+    y = torch.tensor([0] * 150 + [1] * 150)
+    target = y.clone()
+    target[:20], target[150:203] = 1, 0  # recall 86.7% / 64.7%
+    traded = y.clone()
+    traded[:35], traded[150:180] = 1, 0  # recall 76.7% / 80.0%: +2.7 points on the probe
+    cost = clean_cost(traded, target, y)
+    assert cost["accuracy_drop"] < 0 and cost["class_drops"][0] == 0.1
+    assert cost["drop"] > 0.01  # out of the default 1-point bound
+    # without the noise discount the reading is the accuracy at a 3:1 mix, in closed form
+    three_to_one = (0.75 * (traded[:150] != 0).float().mean() + 0.25 * (traded[150:] != 1).float().mean()) \
+        - (0.75 * (target[:150] != 0).float().mean() + 0.25 * (target[150:] != 1).float().mean())
+    assert clean_cost(traded, target, y, z=0)["drop"] == round(float(three_to_one), 4) > cost["drop"]
+    # a few inputs moved between the classes, as any merge moves them (class 0: 6 broken, 2 fixed; class 1:
+    # 2 broken, 6 fixed): net 4 of 150 each way, within sampling noise, so not a trade
+    shifted = target.clone()
+    shifted[20:26], shifted[0:2] = 1, 0
+    shifted[203:205], shifted[150:156] = 0, 1
+    small = clean_cost(shifted, target, y)
+    assert small["class_drops"] == [round(4 / 150, 4), round(-4 / 150, 4)]
+    assert small["drop"] == small["accuracy_drop"] == 0.0
+    assert clean_cost(shifted, target, y, z=0)["drop"] > 0.01  # what the undiscounted reading charged
+    better = target.clone()
+    better[150:160] = 1  # class 1 recall up, class 0 unchanged
+    assert clean_cost(better, target, y)["drop"] < 0 and clean_cost(target, target, y)["drop"] == 0.0
+    skewed_probe = torch.tensor([0] * 290 + [1] * 10)  # the probe's own mix counts too
+    assert clean_cost(torch.ones(300, dtype=torch.long), skewed_probe, skewed_probe)["drop"] > 0.9
 
 
 def test_a_backdoored_peer_is_named_not_merged_and_does_not_hide_the_target(zoo, tmp_path):

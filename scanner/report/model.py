@@ -13,7 +13,7 @@ Schema 1 (``report.json``)::
     defense         {method, params, peers, weights, output_dir, asr_max_before, asr_max_after,
                      library_asr_max_after, note, excluded_peers, peer_triggers_after,
                      candidates: [{candidate, method, peers, weights, worst_asr, clean, clean_drop,
-                     within_bound, chosen, ...}]}
+                     accuracy_drop, class_drops, within_bound, chosen, ...}]}
     peers           [{id, sha, label_permutation, best_asr, best_trigger, agreement, own_trigger}]
     discovery       {base, tried, kept, rejected: [{id, reason}]} or null (peers given explicitly)
     publish         {pr: {action, url, num, files}, variant: {action, url, files}} or null
