@@ -319,7 +319,7 @@ def choose_and_build(
             reason = (f"Lowest worst-case ASR in excess of the clean peers' ({win['worst_asr']:.3f}) over "
                       f"{len(triggers)} verified trigger(s) among "
                       f"{len(ok)} of {len(tried)} candidates within the clean bound (accuracy drop ≤ "
-                      f"{100 * max_clean_drop:.1f} points, also at a class mix skewed 3:1).")
+                      f"{100 * max_clean_drop:.1f} points, also at a class mix skewed {SKEW:g}:1).")
         else:
             win = min(tried, key=lambda r: (r["clean_drop"], r["worst_asr"]))
             reason = (f"No candidate kept clean accuracy within {100 * max_clean_drop:.1f} points of the target; "
