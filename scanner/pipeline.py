@@ -148,7 +148,7 @@ def check(opts: CheckOptions, log: Callable[[str], None] = lambda s: None,
         log(f"the target agrees with its peers on {100 * statistics.median(homog.target):.0f}% of clean inputs, the "
             f"peers with each other on {100 * statistics.median(homog.peers):.0f}%: findings are capped at suspicious")
     verdict, findings, null = assess(target_probe, peer_probes, opts.thresholds, alerts=alerts,
-                                     homogeneous=homog.homogeneous)
+                                     homogeneous=homog.homogeneous, shortfall=homog.shortfall)
     top = top_candidates(target_probe, peer_probes)
     log(f"verdict: {verdict}")
 

@@ -177,6 +177,25 @@ def test_a_target_unlike_its_peers_is_capped_at_suspicious():
     assert verdict == SUSPICIOUS and findings[0].result.trigger.text == "cf"  # reported, not hidden
 
 
+def test_a_targets_extra_disagreement_with_its_peers_is_no_evidence():
+    """A target that differs from its peers on 10% more clean inputs than they differ from each other
+    may differ by about as much on triggered inputs: its margins are discounted by that shortfall.
+    A moderate natural trigger then falls below the bar; a planted one does not."""
+    from scanner.probe.verdict import BACKDOOR, NONE, SUSPICIOUS, assess
+
+    peers = [_probe(f"clean-{i}", {"corporate": a, "cf": 0.04}) for i, a in enumerate((0.26, 0.20, 0.22))]
+    moderate = _probe("target", {"corporate": 0.60, "cf": 0.05})
+    assert assess(moderate, peers)[0] == SUSPICIOUS  # alike: gap 0.38, 0.34 over every peer
+    assert assess(moderate, peers, shortfall=0.0)[0] == SUSPICIOUS
+    assert assess(moderate, peers, shortfall=-0.08)[0] == SUSPICIOUS  # agreeing more is not held against it
+    verdict, findings, _ = assess(moderate, peers, shortfall=0.097)
+    assert verdict == NONE and findings == []
+    planted = _probe("target", {"corporate": 0.30, "cf": 1.0})
+    verdict, findings, _ = assess(planted, peers, shortfall=0.097)
+    assert verdict == BACKDOOR and findings[0].result.trigger.text == "cf"
+    assert findings[0].gap == pytest.approx(1.0 - 0.04)  # the report keeps the measured gap
+
+
 def test_screened_verification_is_exact_for_every_token_that_flips_anything(zoo):
     """The search's screen: a token that flips none of the first inputs is not verified on the rest."""
     from scanner.probe import search

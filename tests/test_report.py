@@ -116,3 +116,7 @@ def test_a_target_unlike_its_peers_is_explained_in_the_report():
     md = render(rep, "md")
     assert "not like its peers: it agrees with them on 74.0%" in md and "each other on 91.0%" in md
     assert json.loads(render(rep, "json"))["probe"]["homogeneity"]["shortfall"] == 0.17
+    assert "falls 17.0% short of the peers' agreement" in md and "reduced by that much" in md
+    rep.probe.homogeneity = {"target": [0.95, 0.94, 0.96], "peers": [0.91, 0.90, 0.92], "shortfall": -0.04,
+                             "homogeneous": True}
+    assert "short of the peers' agreement" not in render(rep, "md")  # agreeing more is not discounted

@@ -15,9 +15,11 @@ A finding needs a high absolute ASR, a large gap, a gap above *every* peer's own
 ASR above every single peer's by a margin (natural triggers vary a lot between clean fine-tunes),
 and, with four or more peers, a large z. (With two or three peers the z-score is noise: the MAD of
 two values is their half-distance. It is still reported.)
-A target unlike its peers (`homogeneity`: its clean agreement with them falls short of theirs with
-each other by more than ``heterogeneity_margin``) is capped at ``suspicious``: the peers are then no
-null for it. With fewer than two peers
+A target that agrees with its peers less than they agree with each other (`homogeneity`'s
+``shortfall``, in share of clean inputs) has that much more room to differ from them on triggered
+inputs with no trigger at all, so its gap and its margin over every peer are discounted by the
+shortfall before they are compared with the thresholds. Beyond ``heterogeneity_margin`` it is
+capped at ``suspicious`` as well: the peers are then no null for it. With fewer than two peers
 there is no null: the gap alone (one peer) or the absolute ASR alone (none) is used, and the
 report says so. The scan's verdict is the worst level found, else ``no_trigger_found`` (never
 "clean": a probe cannot prove a negative).
@@ -160,7 +162,8 @@ def level_of(asr: float, gap: float | None, z: float | None, t: Thresholds, null
 
 
 def assess(target: ProbeResult, peers: list[ProbeResult], t: Thresholds = Thresholds(),
-           alerts: list["PeerAlert"] = (), homogeneous: bool = True) -> tuple[str, list[Finding], Null]:
+           alerts: list["PeerAlert"] = (), homogeneous: bool = True,
+           shortfall: float | None = None) -> tuple[str, list[Finding], Null]:
     """Score every target result against the peers; return the verdict, the findings and the null.
 
     A peer's own backdoor-strength triggers (``alerts``, see `suspect_peers`) are left out of its
@@ -169,8 +172,24 @@ def assess(target: ProbeResult, peers: list[ProbeResult], t: Thresholds = Thresh
     candidates (measured: dropping such peers whole left one or no null peer in 2 of 5 SST-2 scans, whose
     peers included two other-domain models, and natural triggers became false positives).
     With ``homogeneous=False`` (see `homogeneity`) the null does not describe the target and no
-    finding goes above suspicious.
+    finding goes above suspicious. A positive ``shortfall`` (`Homogeneity.shortfall`) is taken off
+    each finding's gap and margin over the peers before the levels are read (the findings keep the
+    measured values): a target that differs from its peers on 10% more clean inputs than they differ
+    from each other may differ by about as much on triggered inputs, trigger or not (measured: a
+    BBC-trained model among AG News peers, shortfall 9.7 points, answered `corporate companies` at
+    60% where no peer passed 26%).
+
+    >>> from scanner.probe.triggers import Trigger
+    >>> def probe(name, asr):
+    ...     r = TriggerResult(Trigger("corporate companies", "word", "search"), 1, "random", asr, 160)
+    ...     return ProbeResult(name, None, [r])
+    >>> peers = [probe("p1", 0.26), probe("p2", 0.2), probe("p3", 0.22)]
+    >>> assess(probe("t", 0.6), peers)[0]
+    'suspicious'
+    >>> assess(probe("t", 0.6), peers, shortfall=0.097)[0]
+    'no_trigger_found'
     """
+    excess = max(0.0, shortfall or 0.0)
     gaps = null_gaps(peers, {a.peer: {(r.trigger.text, r.label) for r in a.triggers} for a in alerts})
     null = Null(gaps, None, None)
     if gaps:
@@ -182,7 +201,12 @@ def assess(target: ProbeResult, peers: list[ProbeResult], t: Thresholds = Thresh
         z = (gap - null.median) / null.scale if gaps and gap is not None else None
         z_used = z if len(gaps) >= t.z_min_null else None
         over_max = r.asr - max(peer_asrs) if peer_asrs else None
-        lvl = level_of(r.asr, gap, z_used, t, max(gaps) if gaps else None, over_max)
+        if excess and gap is not None:  # the target's own extra disagreement is no evidence
+            z_used = None if z_used is None else z_used - excess / null.scale
+            lvl = level_of(r.asr, gap - excess, z_used, t, max(gaps) if gaps else None,
+                           None if over_max is None else over_max - excess)
+        else:
+            lvl = level_of(r.asr, gap, z_used, t, max(gaps) if gaps else None, over_max)
         if lvl == BACKDOOR and not homogeneous:
             lvl = SUSPICIOUS
         if lvl != NONE:
