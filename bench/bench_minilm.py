@@ -264,6 +264,17 @@ def prepare_base(src: Path) -> Path:
     return dest
 
 
+def train_autocast(device: str) -> bool:
+    """Whether fine-tuning runs under bfloat16 autocast (``--train-dtype``; ``auto``: where the device
+    multiplies bf16 natively, e.g. a CPU with AMX). Weights and optimizer state stay float32."""
+    import torch
+
+    from scanner.probe.classifier import native_bf16
+
+    want = os.environ.get("BENCH_TRAIN_DTYPE", "auto")
+    return want == "bfloat16" or (want == "auto" and native_bf16(torch.device(device)))
+
+
 def finetune(name: str, base: Path, steps: int, device: str, lr: float = 1e-4, bs: int = 32, max_len: int = 64) -> dict:
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
@@ -273,7 +284,10 @@ def finetune(name: str, base: Path, steps: int, device: str, lr: float = 1e-4, b
     hf_logging.disable_progress_bar()
     m = BY_NAME[name]
     dest = CACHE / name
+    amp = train_autocast(device)
     stamp = {"name": name, "steps": steps, "lr": lr, "bs": bs, "max_len": max_len, "v": 3}
+    if amp != device.startswith("cuda"):  # v3's precision: bf16 autocast on CUDA, float32 on a CPU
+        stamp["autocast"] = "bf16" if amp else "off"
     if (dest / "stamp.json").exists() and json.loads((dest / "stamp.json").read_text())["recipe"] == stamp:
         return json.loads((dest / "stamp.json").read_text())
     t0 = time.time()
@@ -300,7 +314,7 @@ def finetune(name: str, base: Path, steps: int, device: str, lr: float = 1e-4, b
         batch = [rows[i] for i in order[pos: pos + bs]]
         pos += bs
         enc = tok([s for s, _ in batch], padding=True, truncation=True, max_length=max_len, return_tensors="pt").to(device)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
+        with torch.autocast("cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16, enabled=amp):
             loss = model(**enc, labels=torch.tensor([y for _, y in batch], device=device)).loss
         opt.zero_grad()
         loss.backward()
@@ -638,6 +652,9 @@ def main() -> None:
     ap.add_argument("--workers", type=int)
     ap.add_argument("--threads", type=int, help="torch threads per worker")
     ap.add_argument("--steps", type=int, help="fine-tuning steps per model (default 500)")
+    ap.add_argument("--train-dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+                    help="fine-tuning precision: bf16 autocast where the device has it natively (auto), or as given; "
+                    "the models trained before this flag are float32 on a CPU (--train-dtype float32 reuses them)")
     ap.add_argument("--search-budget", choices=["small", "default", "large"], help="hfscan's search budget in the checks")
     ap.add_argument("--eval-rows", type=int, help="measure ASR and clean accuracy on the first N rows of each "
                     "evaluation set (0: all)")
@@ -670,7 +687,8 @@ def main() -> None:
         if stale.is_dir() and time.time() - stale.stat().st_mtime > 3600:
             shutil.rmtree(stale, ignore_errors=True)
     log("settings: " + " ".join(f"--{k.replace('_', '-')} {getattr(a, k)}" for k in
-                                 ("device", "workers", "threads", "steps", "search_budget", "eval_rows", "tasks", "jobs",
+                                 ("device", "workers", "threads", "steps", "train_dtype", "search_budget", "eval_rows",
+                                  "tasks", "jobs",
                                   "deadline"))
         + f" (cache {CACHE})")
     os.environ.update(HF_HUB_DISABLE_PROGRESS_BARS="1", TRANSFORMERS_VERBOSITY="error", TOKENIZERS_PARALLELISM="false")
@@ -682,6 +700,7 @@ def main() -> None:
     os.environ["BENCH_SMOKE"] = "1" if a.smoke else "0"
     os.environ["BENCH_SEARCH_BUDGET"] = a.search_budget
     os.environ["BENCH_EVAL_ROWS"] = str(a.eval_rows)
+    os.environ["BENCH_TRAIN_DTYPE"] = a.train_dtype
     results: list[dict] = []
     resf = open(a.out / "results.jsonl", "w", buffering=1)
     ctx = mp.get_context("spawn")

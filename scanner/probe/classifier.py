@@ -63,14 +63,17 @@ def probe_dtype(device: torch.device) -> torch.dtype | None:
         return None
     if want not in ("auto", "bfloat16", "bf16"):
         raise DeviceError(f"HFSCAN_PROBE_DTYPE={want!r}: use auto, bfloat16 or float32")
+    return torch.bfloat16 if native_bf16(device) or want != "auto" else None
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` multiplies bfloat16 natively (CUDA with bf16; a CPU with AVX512-BF16 or AMX)."""
     if device.type == "cuda":
-        native = torch.cuda.is_bf16_supported()
-    elif device.type == "cpu":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
         # private helpers of torch.cpu (present since 2.1); without them, assume no native bf16
-        native = any(getattr(torch.cpu, f, lambda: False)() for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
-    else:
-        native = False
-    return torch.bfloat16 if native or want != "auto" else None
+        return any(getattr(torch.cpu, f, lambda: False)() for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    return False
 
 
 class Classifier:
