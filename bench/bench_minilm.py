@@ -23,7 +23,9 @@ defense); SST-2 victims also with 3 *backdoored* peers. ASR on the published poi
 clean test sets. hfscan only ever sees its own built-in probe sets, never these test sets.
 
     python bench/bench_minilm.py [--device cuda] [--workers 6] [--steps 500] [--tasks sst2,olid,agnews]
-    python bench/bench_minilm.py --preset cpu --jobs defend       # the defense benchmark on 2 CPU cores (82.7 min cold, measured; ~45 cached)
+    python bench/bench_minilm.py --preset cpu --jobs detect       # the detection benchmark on 2 CPU cores (57.5 min cold, measured)
+    python bench/bench_minilm.py --preset cpu --jobs defend       # the defense benchmark on 2 CPU cores (82.7 min cold with float32 training, measured; ~45 cached)
+    python bench/bench_minilm.py --preset cpu --jobs detect --heldout --only ho-sst2-mid,...   # held-out clean models
     python bench/bench_minilm.py pack DEST        # the trimmed data + fp16 base, for a machine without ../shared
 
 Models are cached under $HFSCAN_BENCH_CACHE (default ~/.cache/hfscan/bench-minilm), recipe-stamped.
@@ -138,8 +140,8 @@ PAPER = ("Arora et al. 2024 (RoBERTa-large, SST-2/OLID/AG News): WAG with enough
 
 # Run settings: the defaults (a GPU run: bench/device_run.sh) and the CPU preset. On 2 cores a check
 # with the small search budget takes 1:32 instead of 2:18 with the same findings and the same chosen
-# defense (sst2-insertsent, 3 peers); training is the other half of the time (150 steps: ~100-220 s
-# per model on one thread).
+# defense (sst2-insertsent, 3 peers); training is the other half of the time (150 steps on one thread:
+# ~100-220 s per model in float32, 99-116 s under bf16 autocast on this AMX CPU).
 DEFAULTS = {"workers": 1, "threads": 2, "steps": 500, "search_budget": "default", "eval_rows": 0}
 PRESETS = {"cpu": {"workers": 2, "threads": 1, "steps": 150, "search_budget": "small", "eval_rows": 1000}}
 
