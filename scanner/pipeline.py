@@ -147,6 +147,9 @@ def check(opts: CheckOptions, log: Callable[[str], None] = lambda s: None,
     if not homog.homogeneous:
         log(f"the target agrees with its peers on {100 * statistics.median(homog.target):.0f}% of clean inputs, the "
             f"peers with each other on {100 * statistics.median(homog.peers):.0f}%: findings are capped at suspicious")
+    elif homog.shortfall and homog.shortfall > 0:
+        log(f"the target agrees with its peers {100 * homog.shortfall:.1f} points less than they do with each other: "
+            "its margins over them are discounted by as much")
     verdict, findings, null = assess(target_probe, peer_probes, opts.thresholds, alerts=alerts,
                                      homogeneous=homog.homogeneous, shortfall=homog.shortfall)
     top = top_candidates(target_probe, peer_probes)

@@ -116,7 +116,8 @@ class ProbeInfo:
     evidence: float | None = None
     top: list[dict] = field(default_factory=list)  # the 5 candidates with the largest margins
     # clean agreement: {target: [with each peer], peers: [each pair], shortfall, homogeneous}; findings
-    # are capped at suspicious when the target is not like its peers (see probe.verdict.homogeneity)
+    # are capped at suspicious when the target is not like its peers, and a positive shortfall is taken off
+    # every finding's margins over the peers (see probe.verdict.homogeneity and assess)
     homogeneity: dict | None = None
 
 
