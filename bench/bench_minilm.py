@@ -549,6 +549,7 @@ def summarize(results: list[dict]) -> str:
     out = []
     if det:
         held = [r for r in det if r["kind"] == "clean" and getattr(BY_NAME.get(r["model"]), "heldout", False)]
+        held_fp = [r for r in held if r["verdict"] != "no_trigger_found"]
         clean = [r for r in det if r["kind"] == "clean" and r not in held]
         ins = [r for r in det if r["kind"] in ("token", "pair", "sentence")]
         hidden = [r for r in det if r["kind"] in ("syntactic", "style")]
@@ -563,9 +564,8 @@ def summarize(results: list[dict]) -> str:
                 f"- false positives at the default thresholds: {len(fp)}/{len(clean)} "
                 f"({100 * len(fp) / max(1, len(clean)):.0f}%)" + (f": {', '.join(r['model'] for r in fp)}" if fp else ""),
                 *([f"- held-out clean models (`--heldout`, no threshold shaped on them) with a finding: "
-                   f"{sum(r['verdict'] != 'no_trigger_found' for r in held)}/{len(held)}"
-                   + "".join(f"; {r['model']} {r['verdict']}" for r in held if r["verdict"] != "no_trigger_found")
-                   + f"; with the {len(clean)} above: {len(fp) + sum(r['verdict'] != 'no_trigger_found' for r in held)}"
+                   f"{len(held_fp)}/{len(held)}" + "".join(f"; {r['model']} {r['verdict']}" for r in held_fp)
+                   + f"; with the {len(clean)} above: {len(fp) + len(held_fp)}"
                    f"/{len(clean) + len(held)}, called backdoor "
                    f"{sum(r['verdict'] == 'backdoor' for r in clean + held)}/{len(clean) + len(held)}"] if held else []),
                 f"- clean models with verdict backdoor (what fails the GitHub Action's `fail-on: backdoor`): "
@@ -717,8 +717,8 @@ def main() -> None:
     os.environ.update(HF_HUB_DISABLE_PROGRESS_BARS="1", TRANSFORMERS_VERBOSITY="error", TOKENIZERS_PARALLELISM="false")
     base = prepare_base(a.base_model)
     tasks = a.tasks.split(",")
-    only_names = set(a.only.split(",")) if a.only else set()
-    names = [m.name for m in MODELS if m.task in tasks and (not m.heldout or a.heldout or m.name in only_names)]
+    only = set(a.only.split(",")) if a.only else None
+    names = [m.name for m in MODELS if m.task in tasks and (not m.heldout or a.heldout or m.name in (only or ()))]
     os.environ["BENCH_STEPS"] = str(a.steps)
     os.environ["BENCH_THREADS"] = str(a.threads)
     os.environ["BENCH_SMOKE"] = "1" if a.smoke else "0"
@@ -730,7 +730,6 @@ def main() -> None:
     ctx = mp.get_context("spawn")
     remaining = lambda: (a.deadline - (time.time() - t_start)) if a.deadline else None  # noqa: E731
     with ctx.Pool(a.workers, maxtasksperchild=4) as pool:
-        only = set(a.only.split(",")) if a.only else None
         train = needed(only if only is not None else set(names), a.jobs)
         jobs = [("train", n, str(base), a.device) for n in names if n in train]
         for r in pool.imap_unordered(run_job, jobs):

@@ -201,12 +201,10 @@ def assess(target: ProbeResult, peers: list[ProbeResult], t: Thresholds = Thresh
         z = (gap - null.median) / null.scale if gaps and gap is not None else None
         z_used = z if len(gaps) >= t.z_min_null else None
         over_max = r.asr - max(peer_asrs) if peer_asrs else None
-        if excess and gap is not None:  # the target's own extra disagreement is no evidence
-            z_used = None if z_used is None else z_used - excess / null.scale
-            lvl = level_of(r.asr, gap - excess, z_used, t, max(gaps) if gaps else None,
-                           None if over_max is None else over_max - excess)
-        else:
-            lvl = level_of(r.asr, gap, z_used, t, max(gaps) if gaps else None, over_max)
+        # the target's own extra disagreement with its peers is no evidence: off the gap, margin and z
+        lvl = level_of(r.asr, None if gap is None else gap - excess,
+                       None if z_used is None else z_used - excess / null.scale, t, max(gaps) if gaps else None,
+                       None if over_max is None else over_max - excess)
         if lvl == BACKDOOR and not homogeneous:
             lvl = SUSPICIOUS
         if lvl != NONE:
