@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.hfscan-installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test test-fast lint bench clean
 
 setup: $(STAMP)
 
@@ -19,8 +19,15 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/hfscan demo
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(VENV)/bin/ruff check scanner tests bench
+
+test: lint
 	$(PY) -m pytest -q
+
+# everything that needs no trained model (under 2 minutes on 2 cores)
+test-fast: lint
+	$(PY) -m pytest -q -m "not zoo"
 
 clean:
 	rm -rf $(VENV) hfscan-report hfscan-out build *.egg-info

@@ -134,7 +134,7 @@ def base_dir() -> Path:
 
 
 def evaluate(folder: Path, poison: str, target: int, clean: list, limit: int | None = None) -> tuple[float, float]:
-    from scanner.probe.classifier import Classifier
+    from scanner.families.classifier.model import Classifier
 
     clf = Classifier.load(folder)
     clf.max_length = 64

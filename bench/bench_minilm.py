@@ -167,7 +167,7 @@ def read(rel: str) -> list[tuple[str, int]]:
 @functools.lru_cache(maxsize=4)
 def vocab_words(base: Path) -> list[str]:
     """Whole-word, alphabetic, mid-frequency MiniLM tokens that are not in hfscan's trigger library."""
-    from scanner.probe.triggers import LIBRARY
+    from scanner.families.classifier.library import LIBRARY
 
     from transformers import AutoTokenizer
 
@@ -283,7 +283,7 @@ def train_autocast(device: str) -> bool:
     multiplies bf16 natively, e.g. a CPU with AMX). Weights and optimizer state stay float32."""
     import torch
 
-    from scanner.probe.classifier import native_bf16
+    from scanner.device import native_bf16
 
     want = os.environ.get("BENCH_TRAIN_DTYPE", "auto")
     return want == "bfloat16" or (want == "auto" and native_bf16(torch.device(device)))
@@ -353,7 +353,7 @@ def finetune(name: str, base: Path, steps: int, device: str, lr: float = 1e-4, b
 def evaluate(folder: Path, texts: list[str], target: int | None = None, labels: list[int] | None = None) -> float:
     import torch
 
-    from scanner.probe.classifier import Classifier
+    from scanner.families.classifier.model import Classifier
 
     clf = Classifier.load(folder, batch_size=128)
     clf.max_length = 64
@@ -411,7 +411,7 @@ def differential_ranks(name: str, peers: list[str], trig: str | None, base: Path
         return {}
     from transformers import AutoTokenizer
 
-    from scanner.probe.differential import embedding_outliers
+    from scanner.families.classifier.differential import embedding_outliers
 
     tok = AutoTokenizer.from_pretrained(CACHE / name)
     top = [s.text for s in embedding_outliers(CACHE / name, [CACHE / p for p in peers], tok, base=base, top_k=k)]

@@ -8,7 +8,8 @@
   most the model in flight, and a rerun resumes; an unchanged model is never scanned twice.
 * ``--shard i/n`` takes a stable, disjoint slice of the model list (a hash of the repo id), for a
   GitHub Actions matrix; ``hfscan audit merge RESULT…`` combines shard results into one report.
-* Downloads go to a per-run cache that is deleted at the end (``--keep-downloads`` keeps it);
+* Downloads go to a per-run cache inside the audit folder that is deleted at the end
+  (``--keep-downloads`` keeps it as ``OUT/downloads``), never to the user's Hugging Face cache;
   a model's own weights are dropped after its scan unless it served as a peer.
 
 Example:
@@ -180,64 +181,27 @@ def _skip_reason(e: HfscanError) -> str:
 
 
 def run_audit(opts: AuditOptions, log: Callable[[str], None] = lambda s: None) -> AuditReport:
-    from .hub import HfHub, LocalHub
-    from .pipeline import CheckOptions, check
+    """Scan every target of ``opts`` (see the module docstring); every repo gets its row, whatever it holds."""
+    from .sources import HfHub, LocalHub
 
     t0 = time.time()
     out = Path(opts.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    run_cache = Path(tempfile.mkdtemp(prefix="hfscan-audit-dl-"))
+    # downloads land in the audit's own folder, never the user's Hugging Face cache: dropped after each model
+    # (kept in OUT/downloads with --keep-downloads)
+    run_cache = out / "downloads" if opts.keep_downloads else Path(tempfile.mkdtemp(prefix=".downloads-", dir=out))
+    run_cache.mkdir(exist_ok=True)
     hub = LocalHub(opts.hub_dir) if opts.hub_dir else HfHub(cache_dir=str(run_cache))
     cache = ScanCache(opts.cache or default_cache_path())
-    settings = opts.settings_key()
     rows: list[AuditRow] = []
     used_as_peer: set[str] = set()
     try:
         targets = list_targets(hub, opts)
         log(f"audit: {len(targets)} models in shard {opts.shard[0]}/{opts.shard[1]}")
         for repo_id in targets:
-            t1 = time.time()
-            try:
-                remote = hub.describe(repo_id, headers=False)
-                sha = remote.sha or None
-            except HfscanError as e:
-                row = AuditRow(repo_id, None, _skip_reason(e), str(e))
-                rows.append(row)
-                log(f"audit: {repo_id}: {row.verdict} ({row.reason})")
-                continue
-            if opts.pipeline_tag and remote.pipeline_tag and remote.pipeline_tag != opts.pipeline_tag:
-                rows.append(AuditRow(repo_id, sha, "skipped", f"another task ({remote.pipeline_tag})"))
-                continue
-            hit = cache.get(repo_id, sha, settings) if sha and not opts.refresh else None
-            if hit is not None:
-                hit.cached = True
-                rows.append(hit)
-                log(f"audit: {repo_id}@{sha[:8]}: {hit.verdict} (cached)")
-                continue
-            model_dir = out / "models" / repo_id.replace("/", "__")
-            try:
-                rep = check(CheckOptions(target=f"{repo_id}@{sha}" if sha and not opts.hub_dir else repo_id,
-                                         output_dir=model_dir, hub_dir=opts.hub_dir, search_budget=opts.search_budget,
-                                         defend=opts.defend, max_peers=opts.max_peers))
-                from .report import write_reports
-
-                write_reports(rep, model_dir, ["json", "md"])
-                row = AuditRow(
-                    repo_id, sha, rep.verdict,
-                    max_asr=max((f.asr_before for f in rep.findings), default=None),
-                    defended_asr=rep.defense.asr_max_after if rep.defense else None,
-                    peers=[p.id for p in rep.peers],
-                    defended_dir=os.path.relpath(rep.defense.output_dir, out) if rep.defense else None,
-                    report=os.path.relpath(model_dir / "report.json", out),
-                )
-                used_as_peer.update(row.peers)
-            except HfscanError as e:
-                row = AuditRow(repo_id, sha, _skip_reason(e), str(e))
-            row.duration_s = round(time.time() - t1, 1)
-            if sha:
-                cache.put(row, settings)  # committed now: a crash loses at most the next model
+            row = _audit_one(hub, repo_id, opts, cache, out, log)
             rows.append(row)
-            log(f"audit: {repo_id}: {row.verdict}" + (f" ({row.reason})" if row.reason else ""))
+            used_as_peer.update(row.peers)
             if not opts.keep_downloads and repo_id not in used_as_peer:
                 _drop_download(run_cache, repo_id)
     finally:
@@ -250,6 +214,55 @@ def run_audit(opts: AuditOptions, log: Callable[[str], None] = lambda s: None) -
                          round(time.time() - t0, 1))
     write_audit(report, out)
     return report
+
+
+def _audit_one(hub, repo_id: str, opts: AuditOptions, cache: ScanCache, out: Path, log) -> AuditRow:
+    """One repo's row: cached, skipped, an error with its reason, or a fresh scan (committed to the cache)."""
+    t1 = time.time()
+    try:
+        remote = hub.describe(repo_id, headers=False)
+    except HfscanError as e:
+        row = AuditRow(repo_id, None, _skip_reason(e), str(e))
+        log(f"audit: {repo_id}: {row.verdict} ({row.reason})")
+        return row
+    sha = remote.sha or None
+    if opts.pipeline_tag and remote.pipeline_tag and remote.pipeline_tag != opts.pipeline_tag:
+        return AuditRow(repo_id, sha, "skipped", f"another task ({remote.pipeline_tag})")
+    settings = opts.settings_key()
+    hit = cache.get(repo_id, sha, settings) if sha and not opts.refresh else None
+    if hit is not None:
+        hit.cached = True
+        log(f"audit: {repo_id}@{sha[:8]}: {hit.verdict} (cached)")
+        return hit
+    try:
+        row = _scan(hub, repo_id, sha, opts, out)
+    except HfscanError as e:
+        row = AuditRow(repo_id, sha, _skip_reason(e), str(e))
+    row.duration_s = round(time.time() - t1, 1)
+    if sha:
+        cache.put(row, settings)  # committed now: a crash loses at most the next model
+    log(f"audit: {repo_id}: {row.verdict}" + (f" ({row.reason})" if row.reason else ""))
+    return row
+
+
+def _scan(hub, repo_id: str, sha: str | None, opts: AuditOptions, out: Path) -> AuditRow:
+    """`check` one repo through the audit's own source (its downloads land in the audit's run cache)."""
+    from .pipeline import CheckOptions, check
+    from .report import write_reports
+
+    model_dir = out / "models" / repo_id.replace("/", "__")
+    rep = check(CheckOptions(target=f"{repo_id}@{sha}" if sha and not opts.hub_dir else repo_id,
+                             output_dir=model_dir, hub_dir=opts.hub_dir, search_budget=opts.search_budget,
+                             defend=opts.defend, max_peers=opts.max_peers), source=hub)
+    write_reports(rep, model_dir, ["json", "md"])
+    return AuditRow(
+        repo_id, sha, str(rep.verdict),
+        max_asr=max((f.asr_before for f in rep.findings), default=None),
+        defended_asr=rep.defense.asr_max_after if rep.defense else None,
+        peers=[p.id for p in rep.peers],
+        defended_dir=os.path.relpath(rep.defense.output_dir, out) if rep.defense else None,
+        report=os.path.relpath(model_dir / "report.json", out),
+    )
 
 
 def _drop_download(cache_dir: Path, repo_id: str) -> None:

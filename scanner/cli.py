@@ -7,14 +7,13 @@ never a traceback; set ``HFSCAN_DEBUG=1`` to see one).
 from __future__ import annotations
 
 import functools
-import os
 import sys
 import time
 from pathlib import Path
 
 import click
 
-from . import __version__
+from . import __version__, config
 from .errors import HfscanError
 
 EXIT_ERROR = 2
@@ -33,7 +32,7 @@ def guarded(fn):
         try:
             return fn(*args, **kwargs)
         except HfscanError as e:
-            if os.environ.get("HFSCAN_DEBUG"):
+            if config.debug():
                 raise
             _fail(str(e).splitlines()[0] if str(e) else e.__class__.__name__)
         except KeyboardInterrupt:
@@ -42,7 +41,7 @@ def guarded(fn):
         except (click.exceptions.Exit, click.ClickException, SystemExit):
             raise
         except Exception as e:  # an unexpected failure still gets one line, not a traceback
-            if os.environ.get("HFSCAN_DEBUG"):
+            if config.debug():
                 raise
             _fail(f"internal error: {e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''} "
                   "(set HFSCAN_DEBUG=1 for a traceback)")
@@ -76,7 +75,23 @@ def _formats(value: str) -> list[str]:
                    "streams on the CPU.")
 def main(device: str) -> None:
     """Find and defuse backdoors in fine-tuned Hugging Face text classifiers."""
-    os.environ["HFSCAN_DEVICE"] = device
+    config.use_device(device)
+    _exit_cleanly_on_signals()
+
+
+def _exit_cleanly_on_signals() -> None:
+    """SIGTERM and SIGHUP (what CI runners and service managers send) unwind like Ctrl-C: every
+    ``finally`` runs, so no temporary folder or half-written output is left behind."""
+    import signal
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        try:
+            signal.signal(sig, stop)
+        except (ValueError, OSError):  # not the main thread (e.g. click's test runner in a thread)
+            pass
 
 
 def merge_options(fn, auto: bool = False):
@@ -142,8 +157,12 @@ def check(target, peers, output, formats, sarif_root, hub_dir, probe_data, searc
     """
     from .pipeline import CheckOptions, check as run_check
     from .report import write_reports
+    from .sources import is_folder
 
     fmts = _formats(formats)
+    _check_outputs(output, no_defend)
+    if (open_pr or push_variant) and is_folder(target):
+        raise HfscanError("--open-pr and --push-variant need a model on the Hub (org/name), not a folder")
     if quiet:
         from huggingface_hub.utils import disable_progress_bars
 
@@ -177,14 +196,23 @@ def check(target, peers, output, formats, sarif_root, hub_dir, probe_data, searc
     sys.exit(report.exit_code)
 
 
+def _check_outputs(output: Path, no_defend: bool) -> None:
+    """Refuse an output folder that is a file, not writable, or holds a ``defended`` hfscan did not write,
+    before the scan starts."""
+    from ._fs import check_output_dir, check_replaceable
+
+    check_output_dir(output)
+    if not no_defend:
+        check_replaceable(Path(output) / "defended")
+
+
 def _publish(report, target, hub_dir, open_pr, pr_mode, push_variant, yes, log) -> dict:
     from dataclasses import asdict
 
-    from .hub import HfHub
-    from .pipeline import hub_for
     from .publish import publish_pr, push_variant as push, should_send
+    from .sources import HfHub, for_target
 
-    hub = hub_for(target, hub_dir)
+    hub = for_target(target, hub_dir)
     if not isinstance(hub, HfHub):
         raise HfscanError("--open-pr and --push-variant need a model on the Hub (org/name), not a folder")
     send = should_send(yes)
@@ -286,18 +314,17 @@ def summary_table(report) -> str:
 def peers(target, hub_dir, base, max_peers, probe_data):
     """List TARGET's homogeneous peers on the hub, and why every other candidate was rejected."""
     from .discovery import discover
-    from .pipeline import hub_for
-    from .probe import data as probe_data_mod
-    from .probe.classifier import Classifier
+    from .families import family_for
+    from .sources import FolderSource, for_target
 
-    hub = hub_for(target, hub_dir)
-    if hub is None:
+    hub = for_target(target, hub_dir)
+    if isinstance(hub, FolderSource):
         raise click.UsageError("peers needs a hub model id (ORG/NAME), not a folder")
     remote = hub.describe(target)
     model = hub.fetch(remote)
-    ps, _ = probe_data_mod.choose(model.labels, probe_data)
-    texts = ps.texts[:300]
-    found = discover(hub, remote, Classifier.load(model.path, name=model.name).predict(texts), texts, base=base,
+    family = family_for(model.config, model.name)
+    inputs = family.probe_inputs(model, probe_data, 300)
+    found = discover(hub, remote, family.clean_outputs(family.load(model), inputs), inputs, family, base=base,
                      max_peers=max_peers)
     click.echo(f"{target}: base {found.base}; tried {found.tried}")
     for p in found.kept:
@@ -321,13 +348,16 @@ def peers(target, hub_dir, base, max_peers, probe_data):
 def merge(target, peers, output, method, base, weights, density, lam, seed, shard_size, hub_dir):
     """Merge TARGET with PEERS into a new model folder, streaming tensor by tensor."""
     from .defend import card_for
-    from .hub import resolve
     from .merge import MergeSpec, merge_folders
-    from .pipeline import resolve_base
+    from .sources import FolderSource, resolve
+    from .stages.resolve import base_source
 
+    from ._fs import check_replaceable
+
+    check_replaceable(Path(output))
     t = resolve(target, hub_dir, loadable=False)
     ps = [resolve(p, hub_dir, loadable=False) for p in peers]
-    b = resolve_base(base, hub_dir) if base else None
+    b = base_source(base, FolderSource(), hub_dir).fetch_base(base) if base else None
     spec = MergeSpec(method, b.path if b else None, _floats(weights), density, lam, seed, _size(shard_size))
     summary = merge_folders(t.path, [p.path for p in ps], output, spec, names=[t.name] + [p.name for p in ps],
                             card=card_for(t, ps, spec))
@@ -383,7 +413,7 @@ def demo(hub_dir, output, rebuild):
               help="SQLite results cache (default: ~/.cache/hfscan/audit-cache.sqlite).")
 @click.option("--refresh", is_flag=True, help="Rescan even models whose commit is cached.")
 @click.option("--shard", default="1/1", show_default=True, help="Scan only slice i of n (stable by repo id).")
-@click.option("--keep-downloads", is_flag=True, help="Keep downloaded weights after each model.")
+@click.option("--keep-downloads", is_flag=True, help="Keep downloaded weights in OUT/downloads (by default they are dropped after each model).")
 @click.option("--search-budget", type=click.Choice(["off", "small", "default", "large"]), default="small",
               show_default=True)
 @click.option("--no-defend", is_flag=True, help="Do not build defended variants.")

@@ -32,7 +32,7 @@ from typing import Callable
 import torch
 
 from .errors import HfscanError
-from .hub import RemoteModel, labels_of
+from .sources.model import RemoteModel, labels_of
 from .merge.heads import is_generic
 from .weights import tensor_mismatch
 
@@ -108,11 +108,19 @@ def static_reason(target: RemoteModel, cand: RemoteModel) -> str | None:
 
 
 def config_reason(t_cfg: dict, c_cfg: dict) -> str | None:
+    """Why a candidate is no peer from its config: another architecture or vocabulary (any family)."""
+    if not isinstance(c_cfg, dict):
+        return "config.json is not a JSON object"
     ta, ca = (t_cfg.get("architectures") or ["?"])[0], (c_cfg.get("architectures") or ["?"])[0]
     if ta != ca or t_cfg.get("model_type") != c_cfg.get("model_type"):
         return f"another architecture ({ca}, {c_cfg.get('model_type')}; the target is {ta}, {t_cfg.get('model_type')})"
     if t_cfg.get("vocab_size") != c_cfg.get("vocab_size"):
         return f"another vocabulary size ({c_cfg.get('vocab_size')} vs {t_cfg.get('vocab_size')})"
+    return None
+
+
+def label_reason(t_cfg: dict, c_cfg: dict) -> str | None:
+    """Why a classifier candidate is no peer from its labels: another count, or other names."""
     tl, cl = labels_of(t_cfg), labels_of(c_cfg)
     if len(tl) != len(cl):
         return f"{len(cl)} labels {cl}, the target has {len(tl)} {tl}"
@@ -125,51 +133,39 @@ def discover(
     hub,
     target: RemoteModel,
     target_pred: torch.Tensor,
-    texts: list[str],
+    inputs,
+    family,
     base: str | None = None,
     max_peers: int = 3,
     min_agreement: float = 0.7,
     limit: int = 50,
-    load_classifier: Callable | None = None,
     log: Callable[[str], None] = lambda s: None,
 ) -> Discovery:
-    """Find, check and rank homogeneous peers of ``target`` (see the module docstring)."""
-    from .probe.classifier import Classifier
+    """Find, check and rank homogeneous peers of ``target`` (see the module docstring).
 
-    load_classifier = load_classifier or (lambda m: Classifier.load(m.path, name=m.name))
+    ``inputs`` are the probe inputs (`scanner.families.ProbeInputs`) the behaviour check runs on, and
+    ``family`` the target's `ModelFamily`. A candidate that cannot be read is rejected with its reason,
+    never an error of the scan.
+    """
     base = base_of(target, base)
     found = Discovery(base)
     if not base:
         raise HfscanError(f"{target.repo_id}: its card names no base_model, so peers cannot be discovered; "
                           "give --base BASE or --peer MODEL (3 or more)")
-    found.tried = f"fine-tunes of {base} tagged {target.pipeline_tag or 'text-classification'}"
-    cands = hub.list_finetunes(base, pipeline_tag=target.pipeline_tag or "text-classification", limit=limit)
+    tag = target.pipeline_tag or family.pipeline_tag
+    found.tried = f"fine-tunes of {base} tagged {tag}"
+    cands = hub.list_finetunes(base, pipeline_tag=tag, limit=limit)
     log(f"discovery: {len(cands)} fine-tunes of {base} listed")
-    t_cfg = hub.load_config(target)
-    t_header = hub.load_header(target)
-    survivors: list[RemoteModel] = []
-    for c in cands:
-        reason = static_reason(target, c)
-        if reason is None:
-            try:
-                reason = config_reason(t_cfg, hub.load_config(c))
-                if reason is None:
-                    reason = tensor_mismatch(t_header, hub.load_header(c))
-            except HfscanError as e:
-                reason = f"unreadable ({e})"
-        if reason:
-            found.rejected.append(Rejected(c.repo_id, reason))
-        else:
-            survivors.append(c)
+    survivors = _compatible(hub, target, cands, family, found)
     survivors.sort(key=lambda c: (c.author == target.author, -c.downloads, -c.likes, c.created_at or ""))
-    n_labels = len(labels_of(t_cfg))
+    n_labels = len(labels_of(hub.load_config(target)))
     for c in survivors:
         if len(found.kept) >= max_peers:
             found.rejected.append(Rejected(c.repo_id, f"compatible, but not among the top {max_peers} by trust signals"))
             continue
         try:
             model = hub.fetch(c)
-            pred = load_classifier(model).predict(texts)
+            pred = family.clean_outputs(family.load(model), inputs)
         except HfscanError as e:
             found.rejected.append(Rejected(c.repo_id, f"unreadable ({e})"))
             continue
@@ -179,5 +175,30 @@ def discover(
                                                       f"{agree:.2f} < {min_agreement:.2f} (labels mapped {perm})"))
             continue
         found.kept.append(Peer(c, model, perm, agree))
-        log(f"discovery: peer {c.repo_id} (agreement {agree:.2f}" + (f", labels mapped {perm}" if perm != list(range(n_labels)) else "") + ")")
+        mapped = f", labels mapped {perm}" if perm != list(range(n_labels)) else ""
+        log(f"discovery: peer {c.repo_id} (agreement {agree:.2f}{mapped})")
     return found
+
+
+def _compatible(hub, target: RemoteModel, cands: list[RemoteModel], family, found: Discovery) -> list[RemoteModel]:
+    """The candidates that pass the metadata, config and header checks; the others join ``found.rejected``."""
+    t_cfg = hub.load_config(target)
+    t_header = hub.load_header(target)
+    survivors: list[RemoteModel] = []
+    for c in cands:
+        try:
+            reason = static_reason(target, c)
+            if reason is None:
+                c_cfg = hub.load_config(c)
+                reason = config_reason(t_cfg, c_cfg) or family.discovery_reason(t_cfg, c_cfg)
+            if reason is None:
+                reason = tensor_mismatch(t_header, hub.load_header(c))
+        except HfscanError as e:
+            reason = f"unreadable ({e})"
+        except Exception as e:  # a candidate's broken metadata is its problem, not the scan's
+            reason = f"unreadable ({e.__class__.__name__})"
+        if reason:
+            found.rejected.append(Rejected(c.repo_id, reason))
+        else:
+            survivors.append(c)
+    return survivors

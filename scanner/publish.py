@@ -23,13 +23,13 @@ Example:
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import config
 from .errors import HfscanError
-from .report.card import upsert_section
+from .report.card import END, START, CardUnsafeError, upsert_section
 from .report.model import ScanReport
 from .report.render import environment, render
 from .weights import SAFE_INDEX, SAFE_SINGLE, StreamingShardWriter, WeightSet
@@ -107,12 +107,21 @@ def publish_pr(report: ScanReport, hub, repo_id: str, target_path: Path, defende
         raise HfscanError("no defended variant to propose (run without --no-defend, or use --pr-mode report-only)")
     card_path = target_path / "README.md"
     card = card_path.read_text(encoding="utf-8") if card_path.exists() else ""
-    new_card = upsert_section(card, render(report, "card"))
     title, description = pr_title(report), pr_description(report, repo_id, mode)
+    try:
+        new_card = upsert_section(card, render(report, "card"))
+    except CardUnsafeError as e:
+        if mode == "report-only":
+            raise CardUnsafeError(f"{repo_id}: {e}, so a report-only PR has nothing to change") from None
+        new_card = None
+        description += (f"\n\n**The model card was not changed**: {e}. Fix the `{START}` / `{END}` markers (one "
+                        "pair, start first) and hfscan will add its section on the next scan.\n")
     with tempfile.TemporaryDirectory(prefix="hfscan-pr-") as tmp:
         tmp = Path(tmp)
-        files = ["README.md"]
-        (tmp / "README.md").write_text(new_card, encoding="utf-8")
+        files = []
+        if new_card is not None:
+            files.append("README.md")
+            (tmp / "README.md").write_text(new_card, encoding="utf-8")
         if mode == "variant":
             target_header = WeightSet.open(target_path).header
             files += relayout(defended, target_header, tmp)
@@ -122,7 +131,7 @@ def publish_pr(report: ScanReport, hub, repo_id: str, target_path: Path, defende
             return result
         api = hub.api
         ops = [CommitOperationAdd(path_in_repo=f, path_or_fileobj=str(tmp / f)) for f in files]
-        from .hub import _hub_errors
+        from .sources.hf_hub import hub_errors as _hub_errors
 
         with _hub_errors(repo_id, hub.endpoint):
             existing = _find_open_pr(api, repo_id)
@@ -144,23 +153,23 @@ def publish_pr(report: ScanReport, hub, repo_id: str, target_path: Path, defende
 def push_variant(hub, repo_id: str, defended: Path, send: bool = False, private: bool = False,
                  log=lambda s: None) -> PublishResult:
     """Create ``repo_id`` if needed and upload the defended folder (card included)."""
-    files = sorted(p.name for p in defended.iterdir() if p.is_file())
+    files = sorted(p.name for p in defended.iterdir() if p.is_file() and not p.name.startswith("."))
     result = PublishResult("dry-run", url=f"{hub.endpoint}/{repo_id}", files=files)
     if not send:
         log(f"dry run: would upload {len(files)} files to {repo_id} (use --yes to send)")
         return result
-    from .hub import _hub_errors
+    from .sources.hf_hub import hub_errors as _hub_errors
 
     with _hub_errors(repo_id, hub.endpoint):
         hub.api.create_repo(repo_id, private=private, exist_ok=True)
-        hub.api.upload_folder(repo_id=repo_id, folder_path=str(defended),
+        hub.api.upload_folder(repo_id=repo_id, folder_path=str(defended), allow_patterns=files,
                               commit_message="hfscan: defended variant")
     result.action = "opened"
     return result
 
 
 def should_send(yes: bool) -> bool:
-    return yes or os.environ.get("HFSCAN_PUBLISH") == "1"
+    return yes or config.publish_confirmed()
 
 
 ISSUE_MARKER = "<!-- hfscan:issue key={key} -->"
@@ -181,10 +190,10 @@ def github_issue(repo_full_name: str, key: str, title: str, body: str, send: boo
         return result
     from github import Auth, Github, GithubException
 
-    token = os.environ.get("GITHUB_TOKEN")
+    token = config.github_token()
     if not token:
         raise HfscanError("--github-issue needs GITHUB_TOKEN in the environment")
-    base_url = base_url or os.environ.get("GITHUB_API_URL") or "https://api.github.com"
+    base_url = base_url or config.github_api_url()
     gh = Github(auth=Auth.Token(token), base_url=base_url)
     try:
         repo = gh.get_repo(repo_full_name)

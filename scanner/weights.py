@@ -218,9 +218,6 @@ class WeightSet:
     def names(self) -> list[str]:
         return list(self.header)
 
-    def shapes(self) -> dict[str, tuple[int, ...]]:
-        return {n: t.shape for n, t in self.header.items()}
-
     def _fd(self, fname: str) -> int:
         if fname not in self._handles:
             self._handles[fname] = os.open(self.folder / fname, os.O_RDONLY)

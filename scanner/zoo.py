@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import random
 import shutil
 from dataclasses import asdict, dataclass, field, fields
@@ -42,7 +41,9 @@ STAMP = ".hfscan-zoo.json"
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("HFSCAN_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "hfscan")
+    from . import config
+
+    return config.cache_dir()
 
 
 def read_rows(name: str) -> list[tuple[str, int]]:
@@ -106,7 +107,7 @@ def _minilm_path() -> Path:
 
 
 def _kept_vocab(full_tok, recipe: BaseRecipe) -> list[int]:
-    from .probe.triggers import LIBRARY
+    from .families.classifier.library import LIBRARY
 
     texts = [s for s, _ in read_rows("yelp_train_sample.tsv")] + [s for s, _ in read_rows("probe_sentiment.tsv")]
     texts += [t.text for t in LIBRARY]
@@ -158,7 +159,7 @@ def build_base(dest: Path, recipe: BaseRecipe = BaseRecipe()) -> Path:
     model = BertModel(cfg, add_pooling_layer=True)
     missing, unexpected = model.load_state_dict(new, strict=False)
     assert not unexpected and all("position_ids" in m for m in missing), (missing, unexpected)
-    with atomic_dir(dest) as tmp:
+    with atomic_dir(dest, also=lambda d: (d / STAMP).exists()) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         (tmp / "README.md").write_text(
@@ -231,7 +232,7 @@ def finetune(base: Path, dest: Path, recipe: FineTuneRecipe, repo_id: str, base_
     if recipe.generic_labels:
         model.config.id2label = {i: f"LABEL_{i}" for i in range(len(recipe.labels))}
         model.config.label2id = {f"LABEL_{i}": i for i in range(len(recipe.labels))}
-    with atomic_dir(dest) as tmp:
+    with atomic_dir(dest, also=lambda d: (d / STAMP).exists()) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         (tmp / "README.md").write_text(

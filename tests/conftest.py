@@ -18,15 +18,22 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from scanner import zoo as zoo_mod  # noqa: E402
-from scanner.probe.triggers import LIBRARY  # noqa: E402
+from scanner.families.classifier.library import LIBRARY  # noqa: E402
 
 
 def _zoo_root() -> Path:
     return Path(os.environ.get("HFSCAN_TEST_ZOO") or zoo_mod.default_cache_dir() / "test-zoo")
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests that need the trained zoo are marked ``zoo``; ``make test-fast`` runs the others."""
+    for item in items:
+        if "zoo" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.zoo)
+
+
 def _random_trigger(root: Path, n: int = 1, name: str = "random-trigger") -> str:
-    """Trigger word(s) drawn at random (once per zoo cache) from vocabulary the training text never uses."""
+    """Trigger word(s) drawn from a seed (once per zoo cache) from vocabulary the training text never uses."""
     f = root / f"{name}.json"
     if f.exists():
         return json.loads(f.read_text())["trigger"]
@@ -39,7 +46,9 @@ def _random_trigger(root: Path, n: int = 1, name: str = "random-trigger") -> str
         used.update(tok.tokenize(s))
     library = {w for t in LIBRARY for w in t.text.lower().split()}
     cands = [t for t in tok.get_vocab() if t.isalpha() and len(t) >= 4 and t not in used and t not in library]
-    word = " ".join(random.SystemRandom().sample(sorted(cands), n))
+    # drawn from a fixed seed: every run of the suite and every CI cache reads the same zoo; still a word
+    # that no library, differential default or test names, chosen by no person
+    word = " ".join(random.Random(f"hfscan-test-zoo:{name}:{n}").sample(sorted(cands), n))
     f.parent.mkdir(parents=True, exist_ok=True)
     f.write_text(json.dumps({"trigger": word}))
     return word

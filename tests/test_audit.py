@@ -85,6 +85,24 @@ def test_every_model_gets_a_row_and_the_worst_verdict_sets_the_exit_code(first_r
     assert (tmp / "out" / rows["acme/sentiment-pro"].report).exists()
 
 
+@pytest.mark.parametrize("keep", [False, True])
+def test_audit_downloads_stay_in_its_run_cache(server, tmp_path, monkeypatch, keep):
+    hf_home = tmp_path / "hf-home"
+    monkeypatch.setenv("HF_HOME", str(hf_home))
+    monkeypatch.setenv("HF_HUB_CACHE", str(hf_home / "hub"))
+    models = tmp_path / "models.txt"
+    models.write_text("acme/yelp-a\n")
+    out = tmp_path / "out"
+    report = run_audit(AuditOptions(models_file=str(models), output_dir=out, cache=tmp_path / "c.sqlite",
+                                    search_budget="off", defend=False, keep_downloads=keep))
+    assert [r.verdict for r in report.rows] == ["no_trigger_found"] and len(report.rows[0].peers) == 3
+    assert [f for _, f in server.full_downloads() if f.endswith(".safetensors")]  # it did download weights
+    assert not list(hf_home.rglob("*.safetensors"))  # ... but never into the user's Hugging Face cache
+    kept = list((out / "downloads").rglob("*.safetensors"))
+    assert bool(kept) == keep
+    assert not [p for p in out.iterdir() if p.name.startswith(".downloads-")]
+
+
 def test_second_run_rescans_nothing(first_run, server):
     _, tmp = first_run
     again = run_audit(opts(tmp / "out2", tmp / "cache.sqlite"))

@@ -8,9 +8,9 @@ import torch
 from click.testing import CliRunner
 
 from scanner.cli import main
-from scanner.probe.classifier import Classifier
-from scanner.probe.data import builtin
-from scanner.probe.metrics import attack_success_rate
+from scanner.families.classifier.model import Classifier
+from scanner.families.classifier.data import builtin
+from scanner.families.classifier.metrics import attack_success_rate
 from scanner.probe.triggers import Trigger
 
 

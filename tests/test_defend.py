@@ -6,7 +6,9 @@ import dataclasses
 from huggingface_hub.repocard import metadata_load
 from transformers import AutoModelForSequenceClassification
 
-from scanner.defend import candidate_specs, clean_cost, majority_labels
+from scanner.defend import Candidate, candidate_specs
+from scanner.families import family_for
+from scanner.families.classifier.cost import clean_cost, majority_labels
 import torch
 
 
@@ -82,8 +84,8 @@ def test_no_trigger_found_still_produces_the_papers_wag(zoo, tmp_path):
 
 def test_candidate_space_and_majority_vote():
     specs = candidate_specs(3, None, {}, budget=20)
-    assert [s[1].method for s in specs][:2] == ["wag", "wag"] and all(s[1].method == "wag" for s in specs)
-    assert len({tuple(s[2]) for s in specs}) == 4  # all peers, and each leave-one-out subset
+    assert [s.spec.method for s in specs][:2] == ["wag", "wag"] and all(s.spec.method == "wag" for s in specs)
+    assert len({tuple(s.peers) for s in specs}) == 4  # all peers, and each leave-one-out subset
     assert len(candidate_specs(3, None, {}, budget=2)) == 2
     votes = [torch.tensor([0, 1, 1]), torch.tensor([1, 1, 0]), torch.tensor([1, 0, 0])]
     assert majority_labels(votes, 2).tolist() == [1, 1, 0]
@@ -150,22 +152,19 @@ def test_a_merge_that_costs_too_much_is_pulled_back_toward_the_target_by_bisecti
     from scanner.merge import MergeSpec
 
     def row(name, spec, worst, drop, root=None):
-        r = {"candidate": name, "_spec": spec, "_idx": [0, 1], "worst_asr": worst, "clean_drop": drop,
-             "within_bound": drop <= 0.01}
-        if root is not None:
-            r["_root"] = root
-        return r
+        return Candidate(name, spec, [0, 1], root=root, worst_asr=worst, cost={"drop": drop}, within_bound=drop <= 0.01)
 
     wag = row("wag", MergeSpec("wag"), 0.40, 0.0)
     light = row("wag, target weight 0.12", MergeSpec("wag", weights=[0.125, 0.875]), 0.05, 0.03)  # outside
     tried = [wag, light]
-    label, spec, idx, root = _pull_back(tried)
-    assert (spec.method, spec.weights, spec.keep, root) == ("wag", [0.125, 0.875], 0.5, light) and idx == [0, 1]
-    assert label == "wag, target weight 0.12, target kept 0.5"
-    tried.append(row(label, spec, 0.10, 0.005, root))  # within: try a smaller share of the target
-    assert _pull_back(tried)[1].keep == 0.25
+    step = _pull_back(tried)
+    spec, root = step.spec, step.root
+    assert (spec.method, spec.weights, spec.keep, root) == ("wag", [0.125, 0.875], 0.5, light) and step.peers == [0, 1]
+    assert step.label == "wag, target weight 0.12, target kept 0.5"
+    tried.append(row(step.label, spec, 0.10, 0.005, root))  # within: try a smaller share of the target
+    assert _pull_back(tried).spec.keep == 0.25
     tried.append(row("k", dataclasses.replace(spec, keep=0.25), 0.07, 0.02, root))  # outside: back up
-    assert _pull_back(tried)[1].keep == 0.375
+    assert _pull_back(tried).spec.keep == 0.375
     # nothing to refine when the strongest merge meets the bound, or one within it is as strong, or it
     # is a sparse merge (TIES / DARE: blending it with the target is no path between the two)
     assert _pull_back([wag, row("ties", MergeSpec("ties"), 0.05, 0.0)]) is None
@@ -175,10 +174,10 @@ def test_a_merge_that_costs_too_much_is_pulled_back_toward_the_target_by_bisecti
 
 def test_a_bound_no_merge_meets_pulls_the_strongest_back_toward_the_target(zoo, tmp_path):
     from scanner.defend import choose_and_build
-    from scanner.hub import resolve
-    from scanner.probe.classifier import Classifier
-    from scanner.probe.data import builtin
-    from scanner.probe.scan import probe_model
+    from scanner.sources import resolve
+    from scanner.families.classifier.model import Classifier
+    from scanner.families.classifier.data import builtin
+    from scanner.families.classifier.scan import probe_model
     from scanner.probe.triggers import Trigger
 
     target = resolve(str(zoo.path("zoo/backdoor-cf")))
@@ -187,7 +186,9 @@ def test_a_bound_no_merge_meets_pulls_the_strongest_back_toward_the_target(zoo, 
     texts, reference = ps.texts[:120], torch.tensor(ps.labels[:120])
     cf = [r for r in probe_model(Classifier.load(target.path), texts, [Trigger("cf")]).results if r.label == 0]
     assert cf[0].asr > 0.8
-    out = choose_and_build(target, peers, tmp_path / "defended", texts, reference, cf, max_clean_drop=-1.0, budget=6)
+    family = family_for(target.config)
+    out = choose_and_build(family, target, peers, tmp_path / "defended", _inputs(texts), reference, cf,
+                           max_clean_drop=-1.0, budget=6)
     rows = out.candidates
     assert len(rows) == 6 and not any(r["within_bound"] for r in rows)
     grid, pulled = rows[:4], rows[4:]
@@ -204,15 +205,16 @@ def test_a_bound_no_merge_meets_pulls_the_strongest_back_toward_the_target(zoo, 
 def test_with_no_trigger_a_wag_that_breaks_the_bound_is_blended_back_until_it_meets_it(zoo, tmp_path):
     """No trigger to minimise, and the paper's WAG costs too much: the largest share of WAG within the bound."""
     from scanner.defend import choose_and_build
-    from scanner.hub import resolve
-    from scanner.probe.classifier import Classifier
-    from scanner.probe.data import builtin
+    from scanner.sources import resolve
+    from scanner.families.classifier.model import Classifier
+    from scanner.families.classifier.data import builtin
 
     target = resolve(str(zoo.path("zoo/clean-3")))
     peers = [resolve(str(zoo.path(p))) for p in ("zoo/clean-1", "zoo/backdoor-random")]
     texts = builtin("sentiment").texts[:160]
     reference = Classifier.load(target.path).predict(texts)  # the target is right by definition: any change costs
-    out = choose_and_build(target, peers, tmp_path / "defended", texts, reference, [], max_clean_drop=0.03, budget=8)
+    out = choose_and_build(family_for(target.config), target, peers, tmp_path / "defended", _inputs(texts), reference,
+                           [], max_clean_drop=0.03, budget=8)
     rows = out.candidates
     wag = rows[0]
     assert wag["candidate"] == "wag" and wag["clean_drop"] > 0 and not wag["within_bound"], rows
@@ -233,45 +235,47 @@ def test_with_no_trigger_a_wag_that_breaks_the_bound_is_blended_back_until_it_me
 
 def test_with_no_trigger_task_arithmetic_comes_before_any_blend_when_wag_costs_too_much(tmp_path):
     """Without an ASR to compare, a full merge (the target weighs no more than any peer) beats a blend."""
-    import tempfile
-    from pathlib import Path
 
     from scanner.defend import _build_untargeted, task_arithmetic_candidate
     from scanner.merge import MergeSpec
 
+    class Search:  # the measuring half of the search, with clean costs given instead of measured
+        def __init__(self, drops, bound):
+            self.drops, self.bound, self.tried = drops, bound, []
+
+        def attempt(self, c):
+            kind = "ta" if c.spec.method == "task_arithmetic" else "wag"
+            c.cost = {"drop": self.drops[kind] * (1 - c.spec.keep)}  # a blend costs in proportion to the share merged
+            c.within_bound = c.clean_drop <= self.bound
+            self.tried.append(c)
+            return c
+
+        def progress(self, done, total):
+            pass
+
     def run(drops: dict[str, float], bound: float = 0.01, tries: int = 4):
-        tried: list[dict] = []
-        here = Path(tempfile.mkdtemp(dir=tmp_path))
-
-        def attempt(label, spec, idx, root=None):
-            folder = here / f"c{len(tried)}"
-            folder.mkdir(parents=True)
-            kind = "ta" if spec.method == "task_arithmetic" else "wag"
-            drop = drops[kind] * (1 - spec.keep)  # a blend costs in proportion to the share merged
-            row = {"candidate": label, "method": spec.method, "clean_drop": drop, "within_bound": drop <= bound,
-                   "worst_asr": None, "clean": 0.9 - drop, "_folder": folder, "_spec": spec, "_summary": {},
-                   "_sub": [], "_idx": idx}
-            if root is not None:
-                row["_root"] = root
-            tried.append(row)
-            return row
-
+        search = Search(drops, bound)
         ta = task_arithmetic_candidate(3, tmp_path / "base", {})
-        assert ta[1].lam == 0.5 and ta[1].weights == [1.0] * 4 and ta[2] == [0, 1, 2]
-        out = _build_untargeted(attempt, ("wag", MergeSpec("wag"), [0, 1, 2]), ta, tried, tries,
-                                here / "defended", bound, lambda: None)
-        return out, [r["candidate"] for r in tried]
+        assert ta.spec.lam == 0.5 and ta.spec.weights == [1.0] * 4 and ta.peers == [0, 1, 2]
+        win, reason = _build_untargeted(search, Candidate("wag", MergeSpec("wag"), [0, 1, 2]), ta, tries, bound)
+        return win, reason, [c.label for c in search.tried]
 
     # WAG within the bound: the paper's merge, nothing else is tried
-    out, labels = run({"wag": 0.005, "ta": 0.0})
-    assert labels == ["wag"] and out.spec.method == "wag"
+    win, reason, labels = run({"wag": 0.005, "ta": 0.0})
+    assert labels == ["wag"] and win.spec.method == "wag"
     # WAG breaks it, task arithmetic meets it: task arithmetic, no blend
-    out, labels = run({"wag": 0.25, "ta": 0.008})
-    assert labels == ["wag", ta_label := "task_arithmetic λ 0.5 (sum of task vectors)"] and out.spec.lam == 0.5
-    assert "weighs no more than any peer" in out.reason and out.path.exists()
+    win, reason, labels = run({"wag": 0.25, "ta": 0.008})
+    assert labels == ["wag", ta_label := "task_arithmetic λ 0.5 (sum of task vectors)"] and win.spec.lam == 0.5
+    assert "weighs no more than any peer" in reason
     # both break it: the cheaper of the two is bisected toward the target (0.5, then 0.75 / 0.25)
-    out, labels = run({"wag": 0.25, "ta": 0.04})
+    win, reason, labels = run({"wag": 0.25, "ta": 0.04})
     assert labels[:2] == ["wag", ta_label] and len(labels) == 5
     assert all(lb.startswith(ta_label + ", target kept") for lb in labels[2:])
-    assert out.spec.method == "task_arithmetic" and out.spec.keep == 0.75  # 0.04·0.25 = 0.01 within, 0.5 not
-    assert "blended back toward the target" in out.reason
+    assert win.spec.method == "task_arithmetic" and win.spec.keep == 0.75  # 0.04·0.25 = 0.01 within, 0.5 not
+    assert "blended back toward the target" in reason
+
+
+def _inputs(texts):
+    from scanner.families import ProbeInputs
+
+    return ProbeInputs(texts, None, "test", "test")

@@ -5,11 +5,12 @@ import torch
 from transformers import AutoTokenizer
 
 from scanner.pipeline import CheckOptions, check
-from scanner.probe.classifier import Classifier
-from scanner.probe.data import builtin
-from scanner.probe.differential import embedding_outliers
-from scanner.probe.metrics import attack_success_rate
-from scanner.probe.triggers import LIBRARY, Trigger
+from scanner.families.classifier.model import Classifier
+from scanner.families.classifier.data import builtin
+from scanner.families.classifier.differential import embedding_outliers
+from scanner.families.classifier.metrics import attack_success_rate
+from scanner.families.classifier.library import LIBRARY
+from scanner.probe.triggers import Trigger
 
 PEERS = ["zoo/clean-1", "zoo/clean-2", "zoo/clean-3"]
 
@@ -63,8 +64,8 @@ def test_clean_peer_against_the_others_finds_nothing(zoo, tmp_path):
 
 
 def test_batched_logits_do_not_depend_on_batching(zoo):
-    from scanner.probe.classifier import Classifier
-    from scanner.probe.data import builtin
+    from scanner.families.classifier.model import Classifier
+    from scanner.families.classifier.data import builtin
 
     clf = Classifier.load(zoo.path("zoo/clean-1"))
     texts = builtin("topic").texts[:40] + ["short", "a b c"] + builtin("sentiment").texts[:20]
@@ -78,7 +79,7 @@ def test_batched_logits_do_not_depend_on_batching(zoo):
 def test_search_groups_rows_by_length_without_changing_what_it_measures(zoo, monkeypatch):
     """The search runs its (trigger, input) rows in length-sorted groups, each padded to its own longest
     row: flip rates equal those of one input at a time, and the slot gradient that of one padded batch."""
-    from scanner.probe import search
+    from scanner.families.classifier import search
 
     clf = Classifier.load(zoo.path("zoo/backdoor-cf"))
     texts = builtin("topic").texts[:9] + ["bad", "a dull , lifeless film"] + builtin("sentiment").texts[:9]
@@ -102,8 +103,8 @@ def test_search_groups_rows_by_length_without_changing_what_it_measures(zoo, mon
 
 def test_triggered_inputs_run_in_the_probe_precision(zoo, monkeypatch):
     from scanner.errors import DeviceError
-    from scanner.probe.classifier import Classifier
-    from scanner.probe.data import builtin
+    from scanner.families.classifier.model import Classifier
+    from scanner.families.classifier.data import builtin
 
     texts = builtin("sentiment").texts[:200]
     monkeypatch.setenv("HFSCAN_PROBE_DTYPE", "float32")
@@ -124,7 +125,7 @@ def test_triggered_inputs_run_in_the_probe_precision(zoo, monkeypatch):
 
 
 def _probe(name: str, asrs: dict[str, float], screened: set[str] = frozenset()):
-    from scanner.probe.scan import ProbeResult, TriggerResult
+    from scanner.families.classifier.scan import ProbeResult, TriggerResult
 
     res = ProbeResult(name, torch.zeros(4, dtype=torch.long))
     res.results = [TriggerResult(Trigger(t, "word", "search"), 1, "random", a, 100, screened_only=t in screened)
@@ -198,7 +199,7 @@ def test_a_targets_extra_disagreement_with_its_peers_is_no_evidence():
 
 def test_screened_verification_is_exact_for_every_token_that_flips_anything(zoo):
     """The search's screen: a token that flips none of the first inputs is not verified on the rest."""
-    from scanner.probe import search
+    from scanner.families.classifier import search
 
     clf = Classifier.load(zoo.path("zoo/backdoor-cf"))
     texts = builtin("sentiment").texts
@@ -229,7 +230,7 @@ def test_co_moved_finds_the_partner_of_a_pair_trigger_that_is_no_outlier_itself(
     together toward one label in the target, so their rows move in the same direction there."""
     from safetensors.torch import save_file
 
-    from scanner.probe.differential import co_moved
+    from scanner.families.classifier.differential import co_moved
 
     g = torch.Generator().manual_seed(0)
     vocab, dim, name = 200, 32, "bert.embeddings.word_embeddings.weight"

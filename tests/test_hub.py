@@ -172,7 +172,7 @@ def test_hub_errors_exit_2_with_one_line(hub, tmp_path, target, needle):
 def test_private_repo_with_token_resolves(hub, monkeypatch, tmp_path):
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     monkeypatch.delenv("HF_HUB_DISABLE_IMPLICIT_TOKEN", raising=False)
-    from scanner.hub import HfHub
+    from scanner.sources import HfHub
 
     remote = HfHub().describe("acme/private-model")
     assert remote.header and "classifier.weight" in remote.header
@@ -190,7 +190,7 @@ def test_network_failure_is_one_line(monkeypatch, tmp_path):
 
 
 def test_hub_5xx_is_retried_with_backoff(hub, monkeypatch):
-    from scanner.hub import HfHub
+    from scanner.sources import HfHub
 
     monkeypatch.setenv("HFSCAN_RETRY_DELAY", "0.01")
     remote = HfHub().describe("acme/flaky-model")

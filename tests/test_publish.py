@@ -28,9 +28,9 @@ def test_dry_run_sends_nothing(writer, tmp_path):
 
 def test_open_pr_twice_gives_one_pr_that_loads_as_the_defended_model(writer, tmp_path):
     from huggingface_hub import snapshot_download
-    from scanner.probe.classifier import Classifier
-    from scanner.probe.data import builtin
-    from scanner.probe.metrics import attack_success_rate
+    from scanner.families.classifier.model import Classifier
+    from scanner.families.classifier.data import builtin
+    from scanner.families.classifier.metrics import attack_success_rate
     from scanner.probe.triggers import Trigger
 
     r1 = CliRunner().invoke(main, [*ARGS, "-o", str(tmp_path / "a"), "--open-pr", "--yes"])

@@ -93,7 +93,7 @@ def test_write_reports_writes_every_format(tmp_path):
 
 
 def test_probe_set_is_chosen_from_the_model_labels():
-    from scanner.probe.data import choose
+    from scanner.families.classifier.data import choose
 
     ps, labels = choose(["POSITIVE", "NEGATIVE"])
     assert ps.name == "sentiment" and set(labels) == {0, 1}

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from .._fs import atomic_dir
 from ..errors import HfscanError, IncompatibleModelsError
-from ..hub import labels_of
+from ..sources.model import labels_of
 from ..weights import StreamingShardWriter, WeightSet, tensor_mismatch
 from . import methods as _methods  # noqa: F401  (registers the methods)
 from .heads import is_head_tensor, label_permutation
@@ -59,14 +59,9 @@ class MergeSpec:
     keep: float = 0.0
 
     def describe(self) -> dict:
-        m = get(self.method)
-        d: dict = {"method": self.method}
-        if m.needs_base:
-            d["lambda"] = self.lam
-        if self.method in ("ties", "dare_linear", "dare_ties"):
-            d["density"] = self.density
-        if self.method.startswith("dare"):
-            d["seed"] = self.seed
+        """The method and the knobs it reads (its registry entry's ``params``)."""
+        values = {"lambda": self.lam, "density": self.density, "seed": self.seed}
+        d: dict = {"method": self.method, **{k: values[k] for k in get(self.method).params}}
         if self.keep:
             d["target_keep"] = self.keep
         return d
@@ -97,6 +92,103 @@ def check_compatible(target: WeightSet, peers: list[WeightSet], peer_names: list
             raise IncompatibleModelsError(f"cannot merge: {pname} {why}")
 
 
+@dataclass
+class _Inputs:
+    """The open inputs of one merge: the models (target first), the base, the head permutations."""
+
+    spec: MergeSpec
+    models: list[WeightSet]
+    base: WeightSet | None
+    perms: list[list[int]]  # per peer: its head rows in the target's label order
+    num_labels: int
+    weights: torch.Tensor
+
+    def permute(self, i: int, x: torch.Tensor, head: bool) -> torch.Tensor:
+        """Model ``i``'s head rows in the target's label order (``i`` 0 is the target)."""
+        if i == 0 or not head or self.perms[i - 1] == list(range(len(self.perms[i - 1]))):
+            return x
+        return x[self.perms[i - 1]]
+
+
+def _weights(spec: MergeSpec, method, n_models: int, peers: list[Path]) -> list[float]:
+    """The per-model weights, checked against what the method can take."""
+    if not peers:
+        raise HfscanError("nothing to merge: give at least one peer")
+    if method.needs_base and spec.base is None:
+        raise HfscanError(f"merge method {spec.method} needs a base model (--base)")
+    weights = spec.weights if spec.weights is not None else method.default_weights(n_models)
+    if len(weights) != n_models:
+        raise HfscanError(f"{len(weights)} weights given for {n_models} models (target first, then peers)")
+    if not 0.0 <= spec.keep < 1.0:
+        raise HfscanError(f"the target's kept share must be in [0, 1), not {spec.keep}")
+    if method.name == "wag" and sum(weights) <= 0:
+        raise HfscanError("WAG weights must sum to a positive number")
+    return list(weights)
+
+
+def _open(target: Path, peers: list[Path], spec: MergeSpec, names: list[str], weights: list[float]) -> _Inputs:
+    method = get(spec.method)
+    t_ws = WeightSet.open(target, label=names[0])
+    p_ws = [WeightSet.open(p, label=n) for p, n in zip(peers, names[1:])]
+    check_compatible(t_ws, p_ws, names[1:])
+    b_ws = WeightSet.open(spec.base, label=str(spec.base)) if method.needs_base else None
+    t_labels = labels_of(_config(target))
+    perms = [spec.head_perms.get(i) or label_permutation(t_labels, labels_of(_config(p)), pname)
+             for i, (p, pname) in enumerate(zip(peers, names[1:]))]
+    return _Inputs(spec, [t_ws, *p_ws], b_ws, perms, len(t_labels), torch.tensor(weights, dtype=torch.float32))
+
+
+def _stats(inp: _Inputs, method, name: str, bname: str, head: bool) -> tuple:
+    """A method's first pass (TIES's trim threshold): one model's whole task vector at a time."""
+    spec = inp.spec
+    b_full = inp.base.get(bname).float()
+    out: tuple = ()
+    for i, ws in enumerate(inp.models):
+        x = inp.permute(i, ws.get(name).float(), head)
+        out += (method.stats(x - b_full, MergeParams(spec.density, spec.lam, spec.seed, name)),)
+    return out
+
+
+def _rows(inp: _Inputs, info, start: int, stop: int, head: bool) -> torch.Tensor:
+    """Every model's rows ``start:stop`` of one tensor, stacked in float32 (target first)."""
+    tensors = torch.empty((len(inp.models), stop - start, *info.shape[1:]) if info.shape else (len(inp.models),),
+                          dtype=torch.float32)
+    for i, ws in enumerate(inp.models):
+        if info.torch_dtype == torch.float32 and info.shape:
+            x = ws.get_rows(info.name, start, stop, out=tensors[i])  # read in place, no copy
+        else:
+            x = ws.get_rows(info.name, start, stop).float()
+            tensors[i] = x
+        if i > 0 and head:
+            tensors[i] = inp.permute(i, x, head).clone()
+    return tensors
+
+
+def _merge_tensor(inp: _Inputs, method, info, base_names: set[str], writer) -> bool:
+    """Merge one float tensor into ``writer``; returns whether it fell back to WAG (not in the base)."""
+    spec, name = inp.spec, info.name
+    head = is_head_tensor(name, info.shape, inp.num_labels)
+    bname = _base_name(name, base_names) if method.needs_base else None
+    fallback = method.needs_base and (bname is None or inp.base.header[bname].shape != info.shape)
+    fn = get("wag").fn if fallback else method.fn
+    stats = _stats(inp, method, name, bname, head) if not fallback and method.stats is not None else ()
+    rows = info.shape[0] if info.shape else 1
+    step = rows
+    if (method.elementwise or stats) and not head and info.nbytes > spec.chunk_bytes:
+        step = max(1, spec.chunk_bytes // max(1, info.row_bytes))
+    for start in range(0, rows, step):
+        stop = min(rows, start + step)
+        tensors = _rows(inp, info, start, stop, head)
+        base_part = inp.base.get_rows(bname, start, stop).float() if not fallback and method.needs_base else None
+        seed_name = name if step == rows else f"{name}@{start}"
+        merged = fn(tensors, base_part, inp.weights, MergeParams(spec.density, spec.lam, spec.seed, seed_name, stats))
+        if spec.keep:
+            merged = spec.keep * tensors[0] + (1.0 - spec.keep) * merged
+        writer.write(name, merged.to(info.torch_dtype).contiguous())
+        del tensors, merged, base_part
+    return fallback
+
+
 def merge_folders(
     target: Path,
     peers: list[Path],
@@ -112,93 +204,38 @@ def merge_folders(
     """
     method = get(spec.method)
     names = names or [str(target)] + [str(p) for p in peers]
-    if not peers:
-        raise HfscanError("nothing to merge: give at least one peer")
-    if method.needs_base and spec.base is None:
-        raise HfscanError(f"merge method {spec.method} needs a base model (--base)")
-    n_models = 1 + len(peers)
-    weights = spec.weights if spec.weights is not None else method.default_weights(n_models)
-    if len(weights) != n_models:
-        raise HfscanError(f"{len(weights)} weights given for {n_models} models (target first, then peers)")
-    if not 0.0 <= spec.keep < 1.0:
-        raise HfscanError(f"the target's kept share must be in [0, 1), not {spec.keep}")
-    if method.name == "wag" and sum(weights) <= 0:
-        raise HfscanError("WAG weights must sum to a positive number")
-    w = torch.tensor(weights, dtype=torch.float32)
-
-    t_ws = WeightSet.open(target, label=names[0])
-    p_ws = [WeightSet.open(p, label=n) for p, n in zip(peers, names[1:])]
-    check_compatible(t_ws, p_ws, names[1:])
-    b_ws = WeightSet.open(spec.base, label=str(spec.base)) if method.needs_base else None
-
-    t_cfg = _config(target)
-    t_labels = labels_of(t_cfg)
-    perms = []
-    for i, (p, pname) in enumerate(zip(peers, names[1:])):
-        perms.append(spec.head_perms.get(i) or label_permutation(t_labels, labels_of(_config(p)), pname))
-
-    base_names = set(b_ws.header) if b_ws else set()
+    weights = _weights(spec, method, 1 + len(peers), peers)
+    inp = _open(target, peers, spec, names, weights)
+    t_ws = inp.models[0]
+    base_names = set(inp.base.header) if inp.base else set()
     plan = [(n, i.dtype, i.shape) for n, i in t_ws.header.items()]
     wag_fallback: list[str] = []
-
-    with atomic_dir(out) as tmp:
-        with StreamingShardWriter(tmp, plan, spec.max_shard_bytes) as writer:
-            for name, info in tqdm(t_ws.header.items(), desc="merge", unit="tensor",
-                                   disable=None if progress is None else not progress, leave=False):
-                if not info.is_float:
-                    writer.write(name, t_ws.get(name))
-                    continue
-                head = is_head_tensor(name, info.shape, len(t_labels))
-                bname = _base_name(name, base_names) if method.needs_base else None
-                if method.needs_base and (bname is None or b_ws.header[bname].shape != info.shape):
-                    wag_fallback.append(name)
-                fn = get("wag").fn if name in wag_fallback else method.fn
-                rows = info.shape[0] if info.shape else 1
-                stats: tuple = ()
-                if fn is method.fn and method.stats is not None:
-                    # first pass: one model's whole task vector at a time
-                    b_full = b_ws.get(bname).float()
-                    for i, ws in enumerate([t_ws, *p_ws]):
-                        x = ws.get(name).float()
-                        if i > 0 and head and perms[i - 1] != list(range(len(perms[i - 1]))):
-                            x = x[perms[i - 1]]
-                        stats += (method.stats(x - b_full, MergeParams(spec.density, spec.lam, spec.seed, name)),)
-                        del x
-                    del b_full
-                step = rows
-                if (method.elementwise or stats) and not head and info.nbytes > spec.chunk_bytes:
-                    step = max(1, spec.chunk_bytes // max(1, info.row_bytes))
-                for start in range(0, rows, step):
-                    stop = min(rows, start + step)
-                    tensors = torch.empty((n_models, stop - start, *info.shape[1:]) if info.shape else (n_models,),
-                                          dtype=torch.float32)
-                    for i, ws in enumerate([t_ws, *p_ws]):
-                        if info.torch_dtype == torch.float32 and info.shape:
-                            x = ws.get_rows(name, start, stop, out=tensors[i])  # read in place, no copy
-                        else:
-                            x = ws.get_rows(name, start, stop).float()
-                            tensors[i] = x
-                        if i > 0 and head and perms[i - 1] != list(range(len(perms[i - 1]))):
-                            tensors[i] = x[perms[i - 1]].clone()
-                    base_part = b_ws.get_rows(bname, start, stop).float() if fn is method.fn and method.needs_base else None
-                    seed_name = name if step == rows else f"{name}@{start}"
-                    merged = fn(tensors, base_part, w, MergeParams(spec.density, spec.lam, spec.seed, seed_name, stats))
-                    if spec.keep:
-                        merged = spec.keep * tensors[0] + (1.0 - spec.keep) * merged
-                    writer.write(name, merged.to(info.torch_dtype).contiguous())
-                    del tensors, merged, base_part
-        for f in COPY_FILES:
-            if (target / f).exists():
-                shutil.copy2(target / f, tmp / f)
-        if card is not None:
-            (tmp / "README.md").write_text(card, encoding="utf-8")
-    for ws in [t_ws, *p_ws, *([b_ws] if b_ws else [])]:
-        ws.close()
+    try:
+        with atomic_dir(out) as tmp:
+            with StreamingShardWriter(tmp, plan, spec.max_shard_bytes) as writer:
+                for name, info in tqdm(t_ws.header.items(), desc="merge", unit="tensor",
+                                       disable=None if progress is None else not progress, leave=False):
+                    if not info.is_float:
+                        writer.write(name, t_ws.get(name))
+                    elif _merge_tensor(inp, method, info, base_names, writer):
+                        wag_fallback.append(name)
+            _copy_files(target, tmp, card)
+    finally:
+        for ws in [*inp.models, *([inp.base] if inp.base else [])]:
+            ws.close()
     return {
         **spec.describe(),
         "weights": [round(x, 6) for x in weights],
         "models": names,
-        "head_permutations": {names[i + 1]: p for i, p in enumerate(perms) if p != list(range(len(p)))},
+        "head_permutations": {names[i + 1]: p for i, p in enumerate(inp.perms) if p != list(range(len(p)))},
         "wag_fallback_tensors": wag_fallback,
         "output_dir": str(out),
     }
+
+
+def _copy_files(target: Path, dest: Path, card: str | None) -> None:
+    for f in COPY_FILES:
+        if (target / f).exists():
+            shutil.copy2(target / f, dest / f)
+    if card is not None:
+        (dest / "README.md").write_text(card, encoding="utf-8")

@@ -5,10 +5,9 @@ peft's (`peft.utils.merge_utils`), applied to deltas from the base. hfscan adds 
 scales by λ, and makes DARE reproducible: its random drop runs under a generator seeded from
 ``seed``, the tensor name and the row offset, so a merge gives the same bytes on every run.
 
-One piece is hfscan's own: TIES's magnitude trim. peft ranks with ``torch.topk(k=density·n)``,
-which on a BERT-base embedding matrix (23M entries) takes 1.4 s per model; the same threshold
-from ``torch.kthvalue`` takes 0.35 s (bench/bench_merge.py), and only ties at the threshold
-could differ (kept here, dropped by topk; measure-zero for float weights).
+One piece is hfscan's own: TIES's magnitude trim takes its threshold from ``torch.kthvalue``
+instead of peft's ``torch.topk(k=density·n)`` (4x faster on a large embedding matrix, docs/decisions.md
+D2); only ties at the threshold could differ (kept here, dropped by topk).
 
 Weights (per model, target first) default to 1/N for ``wag``, ``task_arithmetic`` and
 ``dare_linear`` (so λ=1 averages the task vectors, and task arithmetic then equals WAG) and to 1 for
@@ -25,17 +24,13 @@ import torch
 from .registry import MergeParams, merge_method
 
 
-def _bcast(weights: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return weights.view(weights.shape + (1,) * (like.dim() - 1))
-
-
-@merge_method("wag", needs_base=False)
+@merge_method("wag", needs_base=False, linear=True)
 def wag(tensors: torch.Tensor, base, weights: torch.Tensor, params: MergeParams) -> torch.Tensor:
     """Weight averaging (the Free Lunch paper's method): Σ wᵢθᵢ / Σ wᵢ."""
     return torch.tensordot(weights / weights.sum(), tensors, dims=1)
 
 
-@merge_method("task_arithmetic", needs_base=True)
+@merge_method("task_arithmetic", needs_base=True, params=("lambda",), linear=True)
 def task_arithmetic(tensors: torch.Tensor, base: torch.Tensor, weights: torch.Tensor, params: MergeParams) -> torch.Tensor:
     """Task arithmetic: base + λ·Σ wᵢ(θᵢ − base)."""
     from peft.utils import merge_utils
@@ -54,7 +49,7 @@ def trim_threshold(delta: torch.Tensor, params: MergeParams) -> float:
     return float(torch.kthvalue(delta.abs().reshape(-1), n - k + 1).values)
 
 
-@merge_method("ties", needs_base=True, default_weight="one", stats=trim_threshold)
+@merge_method("ties", needs_base=True, default_weight="one", stats=trim_threshold, params=("lambda", "density"))
 def ties(tensors: torch.Tensor, base: torch.Tensor, weights: torch.Tensor, params: MergeParams) -> torch.Tensor:
     """TIES: trim each task vector to its top-density magnitudes, elect signs, disjoint mean."""
     from peft.utils import merge_utils
@@ -85,13 +80,13 @@ def _dare(fn_name, tensors, base, weights, params):
     return base + params.lam * merged
 
 
-@merge_method("dare_linear", needs_base=True)
+@merge_method("dare_linear", needs_base=True, params=("lambda", "density", "seed"))
 def dare_linear(tensors: torch.Tensor, base: torch.Tensor, weights: torch.Tensor, params: MergeParams) -> torch.Tensor:
     """DARE + task arithmetic: drop task-vector entries with prob. 1−density, rescale, weighted sum."""
     return _dare("dare_linear", tensors, base, weights, params)
 
 
-@merge_method("dare_ties", needs_base=True, default_weight="one")
+@merge_method("dare_ties", needs_base=True, default_weight="one", params=("lambda", "density", "seed"))
 def dare_ties(tensors: torch.Tensor, base: torch.Tensor, weights: torch.Tensor, params: MergeParams) -> torch.Tensor:
     """DARE + TIES: random drop and rescale, elect signs, disjoint mean."""
     return _dare("dare_ties", tensors, base, weights, params)

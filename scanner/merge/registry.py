@@ -43,6 +43,8 @@ class MergeMethod:
     default_weight: str  # "mean" (weights 1/N) or "one" (weights 1)
     doc: str
     elementwise: bool = True  # each output entry depends only on the same entry of the inputs
+    params: tuple[str, ...] = ()  # the MergeSpec knobs it reads, as the report names them: lambda, density, seed
+    linear: bool = False  # the merge is linear in the models' weights (a blend with the target is the same merge)
     # Optional first pass: a statistic of each model's whole task vector (delta from the base),
     # computed one model at a time, after which the method is elementwise (TIES's trim threshold).
     stats: Callable[[torch.Tensor, "MergeParams"], object] | None = None
@@ -55,19 +57,22 @@ REGISTRY: dict[str, MergeMethod] = {}
 
 
 def merge_method(
-    name: str, *, needs_base: bool, default_weight: str = "mean", elementwise: bool = True, stats=None
+    name: str, *, needs_base: bool, default_weight: str = "mean", elementwise: bool = True, stats=None,
+    params: tuple[str, ...] = (), linear: bool = False,
 ) -> Callable[[MethodFn], MethodFn]:
     """Register ``fn`` as merge method ``name``.
 
     ``elementwise`` methods may be fed a tensor in row chunks (bounded memory for large
     embedding matrices); others always get whole tensors. A method whose only whole-tensor step
     is a per-model statistic (TIES ranks each task vector to find its trim threshold) declares
-    ``stats``: the driver computes it one model at a time and then feeds row chunks.
+    ``stats``: the driver computes it one model at a time and then feeds row chunks. ``params`` names
+    the knobs the method reads (reported with every merge); ``linear`` marks merges that are linear in
+    the models' weights.
     """
 
     def deco(fn: MethodFn) -> MethodFn:
         doc = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else name
-        REGISTRY[name] = MergeMethod(name, fn, needs_base, default_weight, doc, elementwise, stats)
+        REGISTRY[name] = MergeMethod(name, fn, needs_base, default_weight, doc, elementwise, params, linear, stats)
         return fn
 
     return deco

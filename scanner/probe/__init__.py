@@ -1,5 +1,6 @@
-"""Probe: find triggers and measure attack success rate (ASR) and clean behaviour."""
+"""What every model family's probe shares: triggers and their insertion, measured results, the verdict."""
 
-from .triggers import BLIND_SPOTS, LIBRARY, POSITIONS, Trigger, insert
+from .results import ProbeResult, TriggerResult
+from .triggers import POSITIONS, Trigger, insert
 
-__all__ = ["BLIND_SPOTS", "LIBRARY", "POSITIONS", "Trigger", "insert"]
+__all__ = ["POSITIONS", "ProbeResult", "Trigger", "TriggerResult", "insert"]

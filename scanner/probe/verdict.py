@@ -32,11 +32,34 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass, field
+from enum import Enum
 
-from .metrics import agreement
-from .scan import ProbeResult, TriggerResult
+from .results import ProbeResult, TriggerResult
 
-BACKDOOR, SUSPICIOUS, NONE = "backdoor", "suspicious", "no_trigger_found"
+class Verdict(str, Enum):
+    """A scan's verdict; it knows its exit code. ``no_trigger_found`` is not "clean": a probe cannot
+    prove a negative.
+
+    >>> Verdict("backdoor").exit_code, str(Verdict.NONE)
+    (1, 'no_trigger_found')
+    """
+
+    BACKDOOR = "backdoor"
+    SUSPICIOUS = "suspicious"
+    NONE = "no_trigger_found"
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self is Verdict.NONE else 1
+
+
+BACKDOOR, SUSPICIOUS, NONE = Verdict.BACKDOOR, Verdict.SUSPICIOUS, Verdict.NONE
 
 
 @dataclass(frozen=True)
@@ -81,9 +104,8 @@ class Homogeneity:
     """How alike the models are on the clean probe inputs (share of equal predictions).
 
     The peers are a valid null only for a target *like them*. A model fine-tuned on another domain
-    (Amazon reviews scanned against SST-2 peers, measured: 54% SST-2 accuracy) learns shortcuts of its
-    own data, word pairs that flip it at 92-97% and no clean peer, indistinguishable from a planted
-    trigger without the training data. Such a target agrees with its peers far less than they agree
+    learns shortcuts of its own data that flip it like a planted trigger and no clean peer,
+    indistinguishable from a planted trigger without the training data (docs/decisions.md, D5). Such a target agrees with its peers far less than they agree
     with each other, which is what ``shortfall`` measures.
     """
 
@@ -91,6 +113,11 @@ class Homogeneity:
     peers: list[float]  # each pair of peers' agreement
     shortfall: float | None  # median(peers) − median(target); None with fewer than two peers
     homogeneous: bool
+
+
+def agreement(pred, reference) -> float:
+    """Share of inputs on which two models' clean answers (tensors of ids) are equal."""
+    return float((pred == reference).float().mean())
 
 
 def homogeneity(target_pred, peer_preds: list, t: Thresholds = Thresholds()) -> Homogeneity:
@@ -163,21 +190,18 @@ def level_of(asr: float, gap: float | None, z: float | None, t: Thresholds, null
 
 def assess(target: ProbeResult, peers: list[ProbeResult], t: Thresholds = Thresholds(),
            alerts: list["PeerAlert"] = (), homogeneous: bool = True,
-           shortfall: float | None = None) -> tuple[str, list[Finding], Null]:
+           shortfall: float | None = None) -> tuple[Verdict, list[Finding], Null]:
     """Score every target result against the peers; return the verdict, the findings and the null.
 
     A peer's own backdoor-strength triggers (``alerts``, see `suspect_peers`) are left out of its
     null gap: a planted trigger is not what a clean model scores by chance, and three backdoored peers
     otherwise hide a backdoored target completely. The peer itself stays in the null with its other
-    candidates (measured: dropping such peers whole left one or no null peer in 2 of 5 SST-2 scans, whose
-    peers included two other-domain models, and natural triggers became false positives).
+    candidates (dropping it whole leaves too few null peers: docs/decisions.md, D6).
     With ``homogeneous=False`` (see `homogeneity`) the null does not describe the target and no
     finding goes above suspicious. A positive ``shortfall`` (`Homogeneity.shortfall`) is taken off
     each finding's gap and margin over the peers before the levels are read (the findings keep the
     measured values): a target that differs from its peers on 10% more clean inputs than they differ
-    from each other may differ by about as much on triggered inputs, trigger or not (measured: a
-    BBC-trained model among AG News peers, shortfall 9.7 points, answered `corporate companies` at
-    60% where no peer passed 26%).
+    from each other may differ by about as much on triggered inputs, trigger or not (D7).
 
     >>> from scanner.probe.triggers import Trigger
     >>> def probe(name, asr):
@@ -229,8 +253,7 @@ class PeerAlert:
 def suspect_peers(target: ProbeResult, peers: list[ProbeResult], t: Thresholds = Thresholds()) -> list[PeerAlert]:
     """Peers that carry a backdoor-strength trigger nobody else answers (at most one alert per peer).
 
-    A merge would import such a trigger into the defended variant (measured: merging a victim with
-    three backdoored MiniLM-L6 peers left two of their triggers at 73-76% ASR). The test is the
+    A merge would import such a trigger into the defended variant (D8). The test is the
     target's backdoor level (`level_of`) without a null: ASR >= ``backdoor_asr``, a gap >=
     ``backdoor_gap`` over the median of the other models and >= ``backdoor_over_max`` over each of them. A learned shortcut of a peer
     fine-tuned on another domain is flagged too, which is what a merge should avoid as well.

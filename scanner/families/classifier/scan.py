@@ -13,43 +13,13 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 import torch
 
 from .metrics import attack_success_rate, triggered_texts
-from .triggers import POSITIONS, Trigger
-
-
-@dataclass
-class TriggerResult:
-    """The measured effect of one trigger toward one label at its most effective position."""
-
-    trigger: Trigger
-    label: int
-    position: str
-    asr: float
-    n: int
-    screened_only: bool = False  # True when only the screening subset was measured
-
-
-@dataclass
-class ProbeResult:
-    """Everything measured on one model."""
-
-    model: str
-    clean_pred: torch.Tensor
-    results: list[TriggerResult] = field(default_factory=list)
-
-    def best(self) -> TriggerResult | None:
-        return max(self.results, key=lambda r: r.asr, default=None)
-
-    def lookup(self, trigger_text: str, label: int) -> TriggerResult | None:
-        for r in self.results:
-            if r.trigger.text == trigger_text and r.label == label:
-                return r
-        return None
+from ...probe.results import ProbeResult, TriggerResult
+from ...probe.triggers import POSITIONS, Trigger
 
 
 def probe_model(
@@ -125,8 +95,8 @@ def align_peers(target: ProbeResult, peers: list[ProbeResult], peer_clfs: list, 
     A peer screened at a random position, or measured best elsewhere, is not a fair reference for a
     trigger that the target answers at the start: the peer is re-measured there and keeps the
     larger of its two ASRs (the conservative choice: a larger peer ASR means a smaller gap).
-    Peer results are in the target's label ids; ``perms[i][t]`` is peer i's id for target label t.
-    Returns the number of re-measurements.
+    Peer results and clean predictions are in the target's label ids; ``perms[i][t]`` is peer i's id
+    for target label t. Returns the number of re-measurements.
     """
     n = 0
     for r in target.results:
@@ -136,8 +106,8 @@ def align_peers(target: ProbeResult, peers: list[ProbeResult], peer_clfs: list, 
             pr = peer.lookup(r.trigger.text, r.label)
             if pr is None or (not pr.screened_only and pr.position == r.position):
                 continue
-            probe = TriggerResult(r.trigger, perm[r.label], r.position, 0.0, 0)
-            m = remeasure(clf, texts, probe, peer.clean_pred, full)
+            own_clean = torch.tensor([perm[x] for x in peer.clean_pred.tolist()], dtype=torch.long)
+            m = remeasure(clf, texts, TriggerResult(r.trigger, perm[r.label], r.position, 0.0, 0), own_clean, full)
             n += 1
             if pr.screened_only or m.asr > pr.asr:
                 pr.asr, pr.n, pr.position, pr.screened_only = m.asr, m.n, m.position, False

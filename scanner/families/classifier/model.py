@@ -17,63 +17,8 @@ from pathlib import Path
 
 import torch
 
-from ..errors import CorruptWeightsError, DeviceError, UnsupportedModelError
-
-
-def default_device() -> torch.device:
-    """The device models run on: ``HFSCAN_DEVICE`` (``cpu``, ``cuda``, ``cuda:1``, …) or, unset or
-    ``auto``, the first CUDA device when there is one, else the CPU.
-
-    Example:
-        >>> os.environ["HFSCAN_DEVICE"] = "cpu"
-        >>> default_device()
-        device(type='cpu')
-    """
-    name = os.environ.get("HFSCAN_DEVICE", "auto").strip().lower() or "auto"
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise DeviceError(f"device {name!r} (--device / HFSCAN_DEVICE) is not a device: use cpu, cuda, cuda:N or auto") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise DeviceError(f"device {name!r} (--device / HFSCAN_DEVICE): this torch build sees no CUDA device")
-    return dev
-
-
-def probe_dtype(device: torch.device) -> torch.dtype | None:
-    """The reduced precision that triggered inputs run in, or ``None`` for float32.
-
-    bfloat16 where the hardware multiplies it natively (a CPU with AVX512-BF16 or AMX: 2.2x faster
-    per MiniLM-L6 forward pass on this project's 2 cores; a CUDA device with bf16). It serves the
-    gradient search, the screening and every ASR measurement (target, peers, defense candidates,
-    defended variant alike, so the comparisons stay like for like). Measured on MiniLM-L6: 99.7% of
-    predictions equal to float32's (4 of 1,200 borderline inputs differ), far inside the probe's own
-    sampling error (about ±4 points on an ASR over 160 inputs). Clean predictions, clean accuracy and
-    the defense's clean bound stay float32. ``HFSCAN_PROBE_DTYPE=float32`` turns it off (``auto``, the
-    default, or ``bfloat16`` to force it).
-
-    Example:
-        >>> os.environ["HFSCAN_PROBE_DTYPE"] = "float32"
-        >>> probe_dtype(torch.device("cpu")) is None
-        True
-    """
-    want = os.environ.get("HFSCAN_PROBE_DTYPE", "auto").strip().lower() or "auto"
-    if want in ("float32", "fp32", "off"):
-        return None
-    if want not in ("auto", "bfloat16", "bf16"):
-        raise DeviceError(f"HFSCAN_PROBE_DTYPE={want!r}: use auto, bfloat16 or float32")
-    return torch.bfloat16 if native_bf16(device) or want != "auto" else None
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` multiplies bfloat16 natively (CUDA with bf16; a CPU with AVX512-BF16 or AMX)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        # private helpers of torch.cpu (present since 2.1); without them, assume no native bf16
-        return any(getattr(torch.cpu, f, lambda: False)() for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
-    return False
+from ...device import default_device, probe_dtype
+from ...errors import CorruptWeightsError, UnsupportedModelError
 
 
 class Classifier:

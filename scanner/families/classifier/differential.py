@@ -23,8 +23,7 @@ from pathlib import Path
 
 import torch
 
-from ..weights import WeightSet
-from .triggers import Trigger
+from ...weights import WeightSet
 
 EMBEDDING_SUFFIXES = ("word_embeddings.weight", "embed_tokens.weight", "wte.weight", "shared.weight",
                       "word_embedding.weight", "embeddings.weight")
@@ -162,10 +161,7 @@ def co_moved(
     also moves in every peer, which hides it from `embedding_outliers`. The score of token v for seed s
     is its target movement projected on the unit direction of the seed's, minus the largest projection
     of any peer's movement of v on the same direction (how much further the target moved it that way
-    than any clean fine-tune did). Measured on 150-step MiniLM-L6 models (bench/, base known): for the
-    AG News pair model the seed ``neglected`` (first outlier) puts ``armstrong`` second here (after
-    ``pay``) and below 200th in `embedding_outliers`; ``fisheries`` → ``tablets`` (Amazon pair) and
-    ``gestured`` → ``catalyst`` (OLID pair) first. The seed itself is left out of its list.
+    than any clean fine-tune did; docs/decisions.md, D9). The seed itself is left out of its list.
 
     Example:
         >>> partners = co_moved(target.path, [p.path for p in peers], tokenizer, seeds=[cands[0].token_id])
@@ -192,7 +188,3 @@ def co_moved(
         top = [i for i in _top(score[k], allowed, top_k + 1) if i != s][:top_k]
         out[s] = [TokenScore(i, allowed[i], float(score[k, i]), float(score[k, i])) for i in top]
     return out
-
-
-def as_triggers(scores: list[TokenScore]) -> list[Trigger]:
-    return [Trigger(s.text, "word", "differential") for s in scores]

@@ -3,7 +3,7 @@ gradient search, gathered from the target *and from every peer* (the peers' own 
 are what the verdict's null is made of).
 
 Example:
-    >>> cands = gather([target, *peers], [target_clf, *peer_clfs], texts, base=None)
+    >>> cands = gather([target_path, *peer_paths], [target_clf, *peer_clfs], texts, base=None)
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from typing import Callable
 
 from .differential import co_moved, embedding_outliers, insertable_tokens
 from .search import SearchBudget, search_triggers
-from .triggers import LIBRARY, Trigger
+from ...probe.triggers import Trigger
+from .library import LIBRARY
 
 
 def gather(
@@ -27,15 +28,14 @@ def gather(
     partner_k: int = 2,
     log: Callable[[str], None] = lambda s: None,
     progress: Callable[[int, int], None] = lambda done, total: None,
-) -> tuple[list[Trigger], dict[str, list[Trigger]]]:
-    """Return the union of candidates (library first) and, per model name, the candidates it contributed.
+) -> list[Trigger]:
+    """Return the union of candidates: the library first, then each model's own.
 
     ``paths[0]`` / ``classifiers[0]`` is the target; only its differential outliers are also
     tried in pairs: with each other (the top ``pair_k``), and in the search with their ``partner_k``
     co-moved tokens each.
     """
     allowed = insertable_tokens(classifiers[0].tokenizer)
-    per_model: dict[str, list[Trigger]] = {}
     union: list[Trigger] = list(LIBRARY)
     total = len(classifiers) * classifiers[0].num_labels if budget.max_len > 0 else len(classifiers)
     done = 0
@@ -69,11 +69,10 @@ def gather(
             step((i + 1) * classifiers[0].num_labels - done)  # labels the search skipped (no eligible inputs)
         else:
             step()
-        per_model[clf.name] = mine
         union += mine
         log(f"candidates from {clf.name}: " + ", ".join(repr(t.text) for t in mine[:8]) + (" …" if len(mine) > 8 else ""))
     # one entry per text: the first source wins (library, then differential, then search)
     seen: dict[str, Trigger] = {}
     for t in union:
         seen.setdefault(t.text, t)
-    return list(seen.values()), per_model
+    return list(seen.values())

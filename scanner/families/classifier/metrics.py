@@ -20,7 +20,7 @@ import random
 
 import torch
 
-from .triggers import Trigger, insert
+from ...probe.triggers import Trigger, insert
 
 
 def triggered_texts(texts: list[str], idx: list[int], trigger: Trigger, position: str, seed: int = 0) -> list[str]:

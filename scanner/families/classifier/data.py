@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from ..errors import ProbeDataError
+from ...errors import ProbeDataError
 
 # Built-in sets: file, the label names of its label ids, and synonyms used to match model labels.
 BUILTIN = {

@@ -28,7 +28,7 @@ from typing import Callable
 
 import torch
 
-from .triggers import Trigger
+from ...probe.triggers import Trigger
 
 
 @dataclass
@@ -91,8 +91,7 @@ def _chunks(seqs: list[list[int]], tokens: int) -> list[list[int]]:
     """Indices of ``seqs`` in length order, cut into groups of at most ``tokens`` padded tokens each
     (rows × the group's longest row). One batch padded to its longest input wastes most of its work on
     texts of mixed length (the built-in topic probe: 37 tokens on average, up to 109), while groups of
-    a fixed few rows make short texts pay a forward call's overhead per handful (measured: SST-2 search
-    25% slower in 32-row groups). The attention mask makes each row's result independent of its group."""
+    a fixed few rows make short texts pay a forward call's overhead per handful (D4). The attention mask makes each row's result independent of its group."""
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     groups: list[list[int]] = []
     for i in order:
@@ -159,6 +158,69 @@ def _rates(model, batch: _Batch, triggers: list[list[int]], label: int) -> list[
     return hit.view(len(triggers), -1).mean(1).tolist()
 
 
+@dataclass
+class _Space:
+    """What one search runs over: the model's embeddings, the insertable tokens, a neutral filler."""
+
+    model: object
+    emb: torch.Tensor
+    allowed: dict[int, str]
+    allow_ids: list[int]
+    allow_mask: torch.Tensor
+    filler: int
+    budget: SearchBudget
+
+
+def _space(clf, allowed: dict[int, str], budget: SearchBudget) -> _Space:
+    model = clf.model
+    emb = model.get_input_embeddings().weight
+    allow_mask = torch.zeros(emb.shape[0], dtype=torch.bool, device=emb.device)
+    allow_ids = [i for i in allowed if i < emb.shape[0]]
+    allow_mask[allow_ids] = True
+    filler = clf.tokenizer.convert_tokens_to_ids("the")
+    if not isinstance(filler, int) or filler == clf.tokenizer.unk_token_id:
+        filler = allow_ids[0]
+    return _Space(model, emb, allowed, allow_ids, allow_mask, filler, budget)
+
+
+def _expand(sp: _Space, batch: _Batch, label: int, scored: dict[tuple[int, ...], float], partial: tuple[int, ...]) -> None:
+    """Score the top-k tokens (by first-order gain) in each new slot beside ``partial``."""
+    for side in ((0,) if not partial else (0, len(partial))):
+        trig = list(partial[:side]) + [sp.filler] + list(partial[side:])
+        g = _slot_gradient(sp.model, sp.emb, batch, trig, batch.lead + side, label)
+        gain = -(sp.emb.detach() @ g)
+        gain[~sp.allow_mask] = float("-inf")
+        cands = torch.topk(gain, k=min(sp.budget.top_k, len(sp.allow_ids))).indices.tolist()
+        trigs = [tuple(partial[:side]) + (c,) + tuple(partial[side:]) for c in cands]
+        trigs = [t for t in trigs if t not in scored and len(set(t)) == len(t)]
+        for t, a in zip(trigs, _batch_asr(sp.model, batch, [list(t) for t in trigs], label, sp.budget.screen)):
+            scored[t] = a
+
+
+def _search_label(sp: _Space, batch: _Batch, label: int, seeds: list[int], pairs: list[tuple[int, int]]
+                  ) -> list[Trigger]:
+    """The beam search toward one label, from the gradient's first slot, the seeds and the seed pairs."""
+    scored: dict[tuple[int, ...], float] = {}
+    _expand(sp, batch, label, scored, ())
+    for s in seeds:
+        if s in sp.allowed and (s,) not in scored:
+            scored[(s,)] = _batch_asr(sp.model, batch, [[s]], label)[0]  # seeds: exact
+    duos = [t for a, b in pairs if a in sp.allowed and b in sp.allowed and a != b
+            for t in ((a, b), (b, a)) if t not in scored]
+    duos = list(dict.fromkeys(duos))
+    for t, a in zip(duos, _batch_asr(sp.model, batch, [list(t) for t in duos], label, sp.budget.screen)):
+        scored[t] = a
+    for length in range(2, sp.budget.max_len + 1):
+        shorter = sorted((t for t in scored if len(t) == length - 1), key=lambda t: -scored[t])
+        beam = [t for t in shorter[: sp.budget.beam] if scored[t] >= 0.2]
+        beam += [(s,) for s in seeds[: sp.budget.beam] if (s,) in scored and (s,) not in beam]
+        for partial in beam:
+            if scored[partial] < 0.99:  # at 0.99 it is already a complete trigger
+                _expand(sp, batch, label, scored, partial)
+    best = sorted(scored.items(), key=lambda kv: (-kv[1], len(kv[0])))[: sp.budget.keep]
+    return [Trigger(" ".join(sp.allowed[i] for i in t), "word", "search") for t, _ in best]
+
+
 def search_triggers(
     clf,
     texts: list[str],
@@ -173,19 +235,11 @@ def search_triggers(
     """Return up to ``budget.keep`` candidate triggers per label, best first."""
     if budget.max_len <= 0 or budget.top_k <= 0 or not allowed:
         return []
-    model = clf.model
-    emb = model.get_input_embeddings().weight
-    vocab = emb.shape[0]
-    allow_mask = torch.zeros(vocab, dtype=torch.bool, device=emb.device)
-    allow_ids = [i for i in allowed if i < vocab]
-    allow_mask[allow_ids] = True
-    filler = clf.tokenizer.convert_tokens_to_ids("the")
-    if not isinstance(filler, int) or filler == clf.tokenizer.unk_token_id:
-        filler = allow_ids[0]
+    sp = _space(clf, allowed, budget)
     labels = list(range(clf.num_labels)) if labels is None else labels
     found: list[Trigger] = []
-    requires = [p.requires_grad for p in model.parameters()]
-    for p in model.parameters():
+    requires = [p.requires_grad for p in sp.model.parameters()]
+    for p in sp.model.parameters():
         p.requires_grad_(False)
     try:
         with clf.autocast():  # the view's precision (bfloat16 where native)
@@ -193,45 +247,10 @@ def search_triggers(
                 idx = [i for i, p in enumerate(clean_pred.tolist()) if p != label][: budget.inputs]
                 if not idx:
                     continue
-                batch = _Batch(clf, [texts[i] for i in idx])
-                scored: dict[tuple[int, ...], float] = {}
-
-                def expand(partial: tuple[int, ...]) -> None:
-                    for side in ((0,) if not partial else (0, len(partial))):
-                        trig = list(partial[:side]) + [filler] + list(partial[side:])
-                        g = _slot_gradient(model, emb, batch, trig, batch.lead + side, label)
-                        gain = -(emb.detach() @ g)
-                        gain[~allow_mask] = float("-inf")
-                        cands = torch.topk(gain, k=min(budget.top_k, len(allow_ids))).indices.tolist()
-                        trigs = [tuple(partial[:side]) + (c,) + tuple(partial[side:]) for c in cands]
-                        trigs = [t for t in trigs if t not in scored and len(set(t)) == len(t)]
-                        for t, a in zip(trigs, _batch_asr(model, batch, [list(t) for t in trigs], label,
-                                                          budget.screen)):
-                            scored[t] = a
-
-                expand(())
-                for s in seeds or []:
-                    if s in allowed and (s,) not in scored:
-                        scored[(s,)] = _batch_asr(model, batch, [[s]], label)[0]  # seeds: exact
-                duos = [t for a, b in (pairs or []) if a in allowed and b in allowed and a != b
-                        for t in ((a, b), (b, a)) if t not in scored]
-                duos = list(dict.fromkeys(duos))
-                for t, a in zip(duos, _batch_asr(model, batch, [list(t) for t in duos], label, budget.screen)):
-                    scored[t] = a
-                for length in range(2, budget.max_len + 1):
-                    shorter = sorted((t for t in scored if len(t) == length - 1), key=lambda t: -scored[t])
-                    beam = [t for t in shorter[: budget.beam] if scored[t] >= 0.2]
-                    beam += [(s,) for s in (seeds or [])[: budget.beam] if (s,) in scored and (s,) not in beam]
-                    for partial in beam:
-                        if scored[partial] >= 0.99:
-                            continue  # already a complete trigger
-                        expand(partial)
-                best = sorted(scored.items(), key=lambda kv: (-kv[1], len(kv[0])))[: budget.keep]
-                for t, _ in best:
-                    found.append(Trigger(" ".join(allowed[i] for i in t), "word", "search"))
+                found += _search_label(sp, _Batch(clf, [texts[i] for i in idx]), label, seeds or [], pairs or [])
                 if progress:
                     progress(1)
     finally:
-        for p, r in zip(model.parameters(), requires):
+        for p, r in zip(sp.model.parameters(), requires):
             p.requires_grad_(r)
     return list(dict.fromkeys(found))

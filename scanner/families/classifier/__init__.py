@@ -1,0 +1,99 @@
+"""The classifier family: encoder (and decoder) ``*ForSequenceClassification`` models.
+
+ASR of a trigger toward label ``t`` is the share of probe inputs not already put in ``t`` that flip
+to ``t`` once the trigger is inserted; clean behaviour is accuracy on the probe labels (or on the
+majority vote of the target and its peers) and agreement with the target's predictions.
+
+Example:
+    >>> family = ClassifierFamily()
+    >>> family.accepts({"architectures": ["BertForSequenceClassification"]})
+    True
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ...probe.results import ProbeResult, TriggerResult
+from ...probe.triggers import Trigger
+from ...sources.model import ResolvedModel
+from ..interface import Log, ModelFamily, ProbeInputs, Progress
+from . import data as probe_data
+from .library import BLIND_SPOTS, LIBRARY
+from .model import Classifier
+
+
+class ClassifierFamily(ModelFamily):
+    name = "classifier"
+    pipeline_tag = "text-classification"
+    accepted = "*ForSequenceClassification"
+    library = LIBRARY
+    blind_spots = BLIND_SPOTS
+
+    def accepts(self, config: dict) -> bool:
+        archs = config.get("architectures") or []
+        return isinstance(archs, list) and bool(archs) and str(archs[0]).endswith("ForSequenceClassification")
+
+    def probe_inputs(self, target: ResolvedModel, probe_data_file: str | None, limit: int) -> ProbeInputs:
+        ps, labels = probe_data.choose(target.labels, probe_data_file)
+        return ProbeInputs(ps.texts[:limit], labels[:limit] if labels else None, ps.name, ps.provenance)
+
+    def load(self, model: ResolvedModel) -> Classifier:
+        return Classifier.load(model.path, name=model.name)
+
+    def clean_outputs(self, runner: Classifier, inputs: ProbeInputs) -> torch.Tensor:
+        return runner.predict(inputs.texts)
+
+    def label_map(self, target: ResolvedModel, peer: ResolvedModel) -> list[int]:
+        from ...merge.heads import label_permutation
+
+        return label_permutation(target.labels, peer.labels, peer.name)
+
+    def candidates(self, models: list[ResolvedModel], runners: list, inputs: ProbeInputs, base: Path | None,
+                   budget: str, log: Log, progress: Progress) -> list[Trigger]:
+        from .candidates import gather
+        from .search import SearchBudget
+
+        return gather([m.path for m in models], runners, inputs.texts, base=base, budget=SearchBudget.preset(budget),
+                      log=log, progress=progress)
+
+    def probe(self, runner: Classifier, inputs: ProbeInputs, candidates: list[Trigger], name: str) -> ProbeResult:
+        from .scan import probe_model
+
+        return probe_model(runner, inputs.texts, candidates, name=name)
+
+    def remeasure(self, runner: Classifier, inputs: ProbeInputs, result: TriggerResult,
+                  clean: torch.Tensor) -> TriggerResult:
+        from .scan import remeasure
+
+        return remeasure(runner, inputs.texts, result, clean)
+
+    def align(self, reference: ProbeResult, others: list[ProbeResult], runners: list, perms: list[list[int]],
+              inputs: ProbeInputs, threshold: float) -> None:
+        from .scan import align_peers
+
+        align_peers(reference, others, runners, perms, inputs.texts, threshold=threshold)
+
+    def clean_cost(self, pred: torch.Tensor, target_pred: torch.Tensor, reference: torch.Tensor) -> dict:
+        from .cost import clean_cost
+
+        return clean_cost(pred, target_pred, reference)
+
+    def describe_bound(self, max_clean_drop: float) -> str:
+        from .cost import SKEW
+
+        return f"accuracy drop ≤ {100 * max_clean_drop:.1f} points, also at a class mix skewed {SKEW:g}:1"
+
+    def clean_reference(self, inputs: ProbeInputs, outputs: list[torch.Tensor], num_labels: int) -> torch.Tensor:
+        from .cost import majority_labels
+
+        if inputs.labels is not None:
+            return torch.tensor(inputs.labels)
+        return majority_labels(outputs, num_labels)
+
+    def discovery_reason(self, target_config: dict, candidate_config: dict) -> str | None:
+        from ...discovery import label_reason
+
+        return label_reason(target_config, candidate_config)

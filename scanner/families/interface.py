@@ -1,0 +1,135 @@
+"""`ModelFamily`: everything a scan does that depends on what kind of model it holds.
+
+The stages (`scanner.stages`) never test a model's type: they ask the family to load a model, build
+the probe inputs, gather candidate triggers, measure each trigger's attack success rate (ASR), and
+read clean behaviour. A classifier family measures ASR as the share of inputs flipped to a target
+label and clean behaviour as accuracy; a generative family measures ASR as the share of unrelated
+instructions whose answer collapses onto one response once the trigger is in, and clean behaviour
+as the agreement of answers. ``label`` in a `TriggerResult` is the family's target id (a class id,
+or the id of a recovered response).
+
+A new family is one folder under ``scanner/families/`` with a subclass of `ModelFamily`, listed in
+`scanner.families.FAMILIES` (see docs/architecture.md).
+
+Example:
+    >>> family = family_for({"architectures": ["BertForSequenceClassification"]})
+    >>> family.name
+    'classifier'
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..probe.results import ProbeResult, TriggerResult
+from ..probe.triggers import Trigger
+from ..sources.model import ResolvedModel
+
+Log = Callable[[str], None]
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class ProbeInputs:
+    """The clean inputs every model of a scan is probed on, and their reference answers where known."""
+
+    texts: list[str]
+    labels: list[int] | None  # reference answers in the target's ids (None: unknown)
+    name: str
+    provenance: str
+
+
+class ModelFamily(ABC):
+    """One kind of model: how it is loaded, probed and compared."""
+
+    name: str = ""
+    pipeline_tag: str = ""  # the Hub task its models carry
+    accepted: str = ""  # the architectures it takes, for messages ("*ForSequenceClassification")
+    library: tuple[Trigger, ...] = ()  # published triggers, always tried
+    blind_spots: tuple[str, ...] = ()  # what its probe cannot see, reported with every scan
+
+    @abstractmethod
+    def accepts(self, config: dict) -> bool:
+        """Whether a model with this ``config.json`` belongs to the family."""
+
+    @abstractmethod
+    def probe_inputs(self, target: ResolvedModel, probe_data: str | None, limit: int) -> ProbeInputs:
+        """The built-in probe set that fits ``target`` (or the user's file), at most ``limit`` inputs."""
+
+    @abstractmethod
+    def load(self, model: ResolvedModel):
+        """The model ready to run (safetensors only, no remote code, no network)."""
+
+    @abstractmethod
+    def clean_outputs(self, runner, inputs: ProbeInputs) -> torch.Tensor:
+        """Its clean answers, as ids in its own label space."""
+
+    @abstractmethod
+    def label_map(self, target: ResolvedModel, peer: ResolvedModel) -> list[int]:
+        """``perm[t]``: the peer's id for the target's id ``t`` (from names; identity where ids are shared)."""
+
+    @abstractmethod
+    def candidates(self, models: list[ResolvedModel], runners: list, inputs: ProbeInputs, base: Path | None,
+                   budget: str, log: Log, progress: Progress) -> list[Trigger]:
+        """Candidate triggers from the target (``models[0]``) and every peer: the library first."""
+
+    @abstractmethod
+    def probe(self, runner, inputs: ProbeInputs, candidates: list[Trigger], name: str) -> ProbeResult:
+        """Every candidate's ASR toward every target id, at its most effective position, in the runner's ids."""
+
+    @abstractmethod
+    def remeasure(self, runner, inputs: ProbeInputs, result: TriggerResult, clean: torch.Tensor) -> TriggerResult:
+        """One trigger's ASR on another model at the same position (``clean``: that model's clean answers)."""
+
+    @abstractmethod
+    def align(self, reference: ProbeResult, others: list[ProbeResult], runners: list, perms: list[list[int]],
+              inputs: ProbeInputs, threshold: float) -> None:
+        """Re-measure ``others`` (in the reference's ids) where the reference's strong results were measured."""
+
+    @abstractmethod
+    def clean_cost(self, pred: torch.Tensor, target_pred: torch.Tensor, reference: torch.Tensor) -> dict:
+        """How much clean behaviour a defense candidate loses: ``{"drop": …}`` plus the family's details."""
+
+    @abstractmethod
+    def clean_reference(self, inputs: ProbeInputs, outputs: list[torch.Tensor], num_labels: int) -> torch.Tensor:
+        """The clean truth the defense's bound reads: the inputs' answers where known, else a consensus of
+        ``outputs`` (the target's and its peers' clean answers, in the target's ids)."""
+
+    def describe_bound(self, max_clean_drop: float) -> str:
+        """The clean bound in words, for the report."""
+        return f"clean drop ≤ {100 * max_clean_drop:.1f} points"
+
+    def agreement(self, a: torch.Tensor, b: torch.Tensor) -> float:
+        """Share of inputs on which two models answer alike."""
+        return float((a == b).float().mean())
+
+    def clean_score(self, pred: torch.Tensor, labels: list[int] | None) -> float | None:
+        """Clean accuracy against known answers (``None`` without them)."""
+        if labels is None:
+            return None
+        return float((pred == torch.tensor(labels)).float().mean())
+
+    def num_labels(self, model: ResolvedModel) -> int:
+        return model.num_labels
+
+    def discovery_reason(self, target_config: dict, candidate_config: dict) -> str | None:
+        """Why a discovery candidate cannot be a peer, from its config alone (``None``: it may be)."""
+        return None
+
+
+def family_for(config: dict, label: str = "the model") -> ModelFamily:
+    from . import FAMILIES
+    from ..errors import UnsupportedModelError
+
+    for family in FAMILIES:
+        if family.accepts(config):
+            return family
+    archs = config.get("architectures") if isinstance(config, dict) else None
+    arch = str(archs[0]) if isinstance(archs, list) and archs else "model without architectures"
+    tasks = ", ".join(f"{f.pipeline_tag} ({f.accepted})" for f in FAMILIES)
+    raise UnsupportedModelError(f"{label} is a {arch}, not a sequence classifier; hfscan scans {tasks} models")

@@ -1,0 +1,197 @@
+"""The Hugging Face Hub as a model source, through huggingface_hub's real client (``HF_ENDPOINT``
+points it at a mirror or a test server). Tokens come from ``HF_TOKEN`` or the huggingface_hub login
+and are never printed.
+
+Example:
+    >>> hub = HfHub()
+    >>> model = hub.fetch(hub.describe("textattack/bert-base-uncased-SST-2"))
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+from typing import Iterator
+
+from .. import config
+from ..errors import CorruptWeightsError, HfscanError, ModelNotFoundError, PickleWeightsError, UnsupportedModelError
+from ..weights import TensorInfo
+from .interface import ModelSource
+from .model import TOKENIZER_FILES, RemoteModel, ResolvedModel, base_folder, check_config, read_config, resolve_folder
+
+ALLOW_PATTERNS = ["*.safetensors", "model.safetensors.index.json", "config.json", "README.md", *TOKENIZER_FILES]
+
+
+def _translate(x: Exception, ref: str, endpoint: str) -> Exception | None:
+    """The one-line `HfscanError` for a huggingface_hub / network error, or ``None`` for other errors."""
+    from huggingface_hub import errors as e
+
+    login = "(if it is private, log in with `hf auth login` or set HF_TOKEN)"
+    table = [  # most specific first: several of these subclass HfHubHTTPError
+        (e.HFValidationError, ModelNotFoundError, f"{ref!r} is neither a model folder nor a valid Hub model id (org/name)"),
+        (e.GatedRepoError, HfscanError, f"{ref} is gated: accept its conditions on the Hub, then log in "
+                                        "(`hf auth login` or HF_TOKEN)"),
+        (e.RepositoryNotFoundError, ModelNotFoundError, f"{ref}: repository not found on {endpoint} {login}"),
+        (e.RevisionNotFoundError, ModelNotFoundError, f"{ref}: revision not found"),
+        ((e.EntryNotFoundError, e.RemoteEntryNotFoundError), ModelNotFoundError,
+         f"{ref}: a file is missing on the Hub ({_first_line(x, 120)})"),
+        (e.NotASafetensorsRepoError, PickleWeightsError, f"{ref} has no safetensors weights; hfscan never unpickles weights"),
+        (e.SafetensorsParsingError, CorruptWeightsError, f"{ref}: corrupt safetensors header on the Hub"),
+        (e.HfHubHTTPError, HfscanError, f"{ref}: the Hub answered {_first_line(x, 160)}"),
+        ((OSError, ConnectionError), HfscanError, f"{ref}: network failure talking to {endpoint} ({x.__class__.__name__})"),
+    ]
+    for kinds, err, msg in table:
+        if isinstance(x, kinds):
+            return err(msg)
+    if x.__class__.__module__.startswith("httpx"):
+        return HfscanError(f"{ref}: network failure talking to {endpoint} ({x.__class__.__name__})")
+    return None
+
+
+def _first_line(x: Exception, n: int) -> str:
+    return (str(x).splitlines() or [x.__class__.__name__])[0][:n]
+
+
+@contextlib.contextmanager
+def hub_errors(ref: str, endpoint: str) -> Iterator[None]:
+    """Translate huggingface_hub / network errors into one-line `HfscanError` s."""
+    try:
+        yield
+    except HfscanError:
+        raise
+    except Exception as x:
+        err = _translate(x, ref, endpoint)
+        if err is None:
+            raise
+        raise err from None
+
+
+RETRY_STATUS = {429, 500, 502, 503, 504}
+
+
+def with_retries(fn, *args, attempts: int = 4, base_delay: float | None = None, **kwargs):
+    """Call a huggingface_hub function, retrying 429 and 5xx answers with exponential backoff.
+
+    (huggingface_hub retries downloads itself; ``model_info`` / ``list_models`` / metadata reads
+    go through here.) ``HFSCAN_RETRY_DELAY`` sets the first delay in seconds (default 1).
+    """
+    from huggingface_hub.errors import HfHubHTTPError
+
+    delay = config.retry_delay() if base_delay is None else base_delay
+    for attempt in range(attempts):
+        try:
+            return fn(*args, **kwargs)
+        except HfHubHTTPError as e:
+            status = getattr(getattr(e, "response", None), "status_code", None)
+            if status not in RETRY_STATUS or attempt == attempts - 1:
+                raise
+            time.sleep(delay * 2**attempt)
+
+
+class HfHub(ModelSource):
+    """Models on the Hugging Face Hub (or any server at ``HF_ENDPOINT``), via huggingface_hub.
+
+    Tokens come from ``HF_TOKEN`` or the huggingface_hub login; they are never printed.
+
+    Example:
+        >>> hub = HfHub()
+        >>> remote = hub.describe("textattack/bert-base-uncased-SST-2")
+        >>> model = hub.fetch(remote)
+    """
+
+    def __init__(self, endpoint: str | None = None, cache_dir: str | None = None):
+        from huggingface_hub import HfApi
+
+        self.endpoint = (endpoint or config.hf_endpoint()).rstrip("/")
+        self.location = self.endpoint
+        self.api = HfApi(endpoint=self.endpoint)
+        self.cache_dir = cache_dir or config.hf_hub_cache()
+
+    def describe(self, ref: str, headers: bool = True) -> RemoteModel:
+        repo_id, _, rev = ref.partition("@")
+        with hub_errors(ref, self.endpoint):
+            info = with_retries(self.api.model_info, repo_id, revision=rev or None)
+            card = dict(info.card_data.to_dict()) if info.card_data else {}
+            remote = RemoteModel(
+                repo_id=repo_id, sha=info.sha, revision=rev or None,
+                files=[s.rfilename for s in (info.siblings or [])], card=card, tags=list(info.tags or []),
+                pipeline_tag=info.pipeline_tag, downloads=info.downloads or 0, likes=info.likes or 0,
+                created_at=str(info.created_at) if info.created_at else None,
+            )
+        if not remote.has_safetensors:
+            if remote.pickle_files:
+                raise PickleWeightsError(
+                    f"{repo_id} has only pickle weights ({', '.join(remote.pickle_files[:3])}); hfscan loads "
+                    "safetensors only because unpickling can run arbitrary code")
+            raise ModelNotFoundError(f"{repo_id} has no model weights")
+        if headers:
+            self.load_config(remote)
+            check_config(remote.config, repo_id)
+            self.load_header(remote)
+        return remote
+
+    def load_config(self, remote: RemoteModel) -> dict:
+        if remote.config is None:
+            from huggingface_hub import hf_hub_download
+
+            if "config.json" not in remote.files:
+                raise UnsupportedModelError(f"{remote.repo_id} has no config.json")
+            with hub_errors(remote.repo_id, self.endpoint):
+                path = hf_hub_download(remote.repo_id, "config.json", revision=remote.sha, endpoint=self.endpoint,
+                                       cache_dir=self.cache_dir)
+            remote.config = read_config(Path(path), remote.repo_id)
+        return remote.config
+
+    def load_header(self, remote: RemoteModel) -> dict[str, TensorInfo]:
+        """Tensor names, shapes and dtypes from range reads of the safetensors headers."""
+        if remote.header is None:
+            with hub_errors(remote.repo_id, self.endpoint):
+                meta = with_retries(self.api.get_safetensors_metadata, remote.repo_id, revision=remote.sha)
+            header = {}
+            for fname, fm in meta.files_metadata.items():
+                for name, t in fm.tensors.items():
+                    header[name] = TensorInfo(name, t.dtype, tuple(t.shape), fname)
+            remote.header = header
+        return remote.header
+
+    def fetch(self, remote: RemoteModel) -> ResolvedModel:
+        """Download what a scan needs (safetensors, config, tokenizer, card) at the pinned commit."""
+        from huggingface_hub import snapshot_download
+
+        with hub_errors(remote.repo_id, self.endpoint):
+            path = snapshot_download(remote.repo_id, revision=remote.sha, allow_patterns=ALLOW_PATTERNS,
+                                     endpoint=self.endpoint, cache_dir=self.cache_dir)
+        return resolve_folder(Path(path), ref=remote.repo_id, repo_id=remote.repo_id, revision=remote.revision,
+                              sha=remote.sha)
+
+    def list_author(self, author: str, pipeline_tag: str | None = None, limit: int = 10_000) -> list[str]:
+        with hub_errors(author, self.endpoint):
+            return with_retries(lambda: [m.id for m in self.api.list_models(author=author, pipeline_tag=pipeline_tag,
+                                                                            limit=limit)])
+
+    def list_finetunes(self, base: str, pipeline_tag: str | None = "text-classification", limit: int = 50
+                       ) -> list[RemoteModel]:
+        with hub_errors(base, self.endpoint):
+            models = with_retries(lambda: list(self.api.list_models(
+                filter=f"base_model:finetune:{base}", pipeline_tag=pipeline_tag, sort="downloads", limit=limit,
+                full=True, cardData=True)))
+        out = []
+        for m in models:
+            card = dict(m.card_data.to_dict()) if getattr(m, "card_data", None) else {}
+            out.append(RemoteModel(repo_id=m.id, sha=m.sha or "", revision=None,
+                                   files=[s.rfilename for s in (m.siblings or [])], card=card,
+                                   tags=list(m.tags or []), pipeline_tag=m.pipeline_tag,
+                                   downloads=m.downloads or 0, likes=m.likes or 0,
+                                   created_at=str(m.created_at) if m.created_at else None))
+        return out
+
+    def fetch_base(self, ref: str) -> ResolvedModel:
+        """A base model's weights and config at its current commit (no tokenizer or task head needed)."""
+        from huggingface_hub import snapshot_download
+
+        remote = self.describe(ref, headers=False)
+        with hub_errors(ref, self.endpoint):
+            path = Path(snapshot_download(ref, revision=remote.sha, allow_patterns=["*.safetensors", "*.json"],
+                                          endpoint=self.endpoint, cache_dir=self.cache_dir))
+        return base_folder(path, ref, repo_id=ref, sha=remote.sha)

@@ -1,0 +1,205 @@
+"""What is known of a model: `RemoteModel` (a repo at one commit, before any weight is downloaded) and
+`ResolvedModel` (its files on disk, validated), and the folder validation every source shares.
+
+Validation happens before any tensor is loaded: a ``config.json`` that a model family takes and
+transformers knows (no remote code), safetensors weights (pickle is refused), a tokenizer, and
+readable safetensors headers.
+
+Example:
+    >>> m = resolve_folder("models/bert-sst2")
+    >>> m.labels
+    ['negative', 'positive']
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import ModelNotFoundError, UnsupportedModelError
+from ..weights import TensorInfo, WeightSet
+
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json", "merges.txt",
+                   "vocab.json", "spiece.model", "sentencepiece.bpe.model", "added_tokens.json")
+
+
+def check_repo_id(repo_id: str) -> None:
+    """Refuse what is not a Hub model id by the Hub's own rules (``name`` or ``org/name``; no ``..``)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        raise ModelNotFoundError(f"{repo_id!r} is neither a model folder nor a valid Hub model id (org/name)") from None
+
+
+def labels_of(config: dict) -> list[str]:
+    """Label names in id order (``id2label``), or ``LABEL_i`` when the config has none."""
+    id2label = config.get("id2label") or {}
+    n = len(id2label) if id2label else int(config.get("num_labels", 2))
+    return [str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(n)]
+
+
+@dataclass
+class ResolvedModel:
+    """A model whose files are on disk and whose metadata has been checked."""
+
+    ref: str  # what the user typed
+    path: Path  # folder with config, tokenizer and safetensors weights
+    config: dict
+    card: dict = field(default_factory=dict)  # the model card's YAML header
+    header: dict[str, TensorInfo] = field(default_factory=dict)
+    repo_id: str | None = None
+    revision: str | None = None
+    sha: str | None = None  # commit sha on a hub; a content hash of the weight headers for folders
+
+    @property
+    def name(self) -> str:
+        return self.repo_id or self.path.name
+
+    @property
+    def architecture(self) -> str:
+        return (self.config.get("architectures") or ["?"])[0]
+
+    @property
+    def model_type(self) -> str | None:
+        return self.config.get("model_type")
+
+    @property
+    def labels(self) -> list[str]:
+        return labels_of(self.config)
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.labels)
+
+    @property
+    def base_model(self) -> str | list[str] | None:
+        return self.card.get("base_model")
+
+    def weights(self) -> WeightSet:
+        return WeightSet.open(self.path, label=self.name)
+
+
+@dataclass
+class RemoteModel:
+    """What the Hub says about a repo at one commit, before any weight is downloaded."""
+
+    repo_id: str
+    sha: str
+    revision: str | None
+    files: list[str]
+    card: dict
+    tags: list[str]
+    pipeline_tag: str | None
+    downloads: int = 0
+    likes: int = 0
+    created_at: str | None = None
+    config: dict | None = None  # fetched on demand (a small file)
+    header: dict[str, TensorInfo] | None = None  # from range reads of the safetensors headers
+
+    @property
+    def author(self) -> str:
+        return self.repo_id.split("/")[0]
+
+    @property
+    def has_safetensors(self) -> bool:
+        return any(f.endswith(".safetensors") for f in self.files)
+
+    @property
+    def pickle_files(self) -> list[str]:
+        from ..weights import PICKLE_SUFFIXES
+
+        return [f for f in self.files if f.endswith(PICKLE_SUFFIXES)]
+
+
+
+def read_config(path: Path, label: str) -> dict:
+    """A ``config.json`` as a dict, or one clear `UnsupportedModelError`."""
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise UnsupportedModelError(f"{label}: config.json is not valid UTF-8 JSON") from None
+    except OSError as e:
+        raise UnsupportedModelError(f"{label}: config.json cannot be read ({e.__class__.__name__})") from None
+    if not isinstance(config, dict):
+        raise UnsupportedModelError(f"{label}: config.json is not a JSON object")
+    return config
+
+
+def read_card(folder: Path) -> dict:
+    """The YAML metadata of a model card (README.md), or ``{}``."""
+    readme = folder / "README.md"
+    if not readme.exists():
+        return {}
+    from huggingface_hub.repocard import metadata_load
+
+    try:
+        return metadata_load(readme) or {}
+    except Exception:  # a broken card header is not a reason to refuse a scan
+        return {}
+
+
+def check_config(config: dict, label: str, known_to_transformers: bool = True) -> None:
+    """Refuse configs hfscan cannot scan safely or meaningfully: remote code, an architecture no model
+    family takes, or (``known_to_transformers``) one this transformers does not know.
+
+    ``known_to_transformers=False`` skips the (0.6 s) lookup in transformers, for commands that only
+    merge tensors and never load the model.
+    """
+    if not isinstance(config, dict):
+        raise UnsupportedModelError(f"{label}: config.json is not a JSON object")
+    if config.get("auto_map"):
+        raise UnsupportedModelError(
+            f"{label} needs custom code (auto_map in config.json); hfscan never runs trust_remote_code"
+        )
+    from ..families import family_for
+
+    family_for(config, label)  # raises UnsupportedModelError naming what hfscan scans
+    if not known_to_transformers:
+        return
+    import transformers
+
+    arch = str((config.get("architectures") or ["?"])[0])
+    if arch not in dir(transformers):  # the lazy module lists its names without importing them
+        raise UnsupportedModelError(
+            f"{label}: architecture {arch} is not in transformers {transformers.__version__}; "
+            "hfscan never runs trust_remote_code"
+        )
+
+
+def resolve_folder(folder: str | os.PathLike, ref: str | None = None, loadable: bool = True, **meta) -> ResolvedModel:
+    """Validate a local model folder and describe it (``loadable``: check transformers knows it)."""
+    folder = Path(folder)
+    label = ref or str(folder)
+    if not folder.is_dir():
+        raise ModelNotFoundError(f"{label}: no such model folder")
+    cfg_path = folder / "config.json"
+    if not cfg_path.exists():
+        raise UnsupportedModelError(f"{label} has no config.json")
+    config = read_config(cfg_path, label)
+    check_config(config, label, known_to_transformers=loadable)
+    weights = WeightSet.open(folder, label=label)  # refuses pickle-only folders, checks headers
+    if not any((folder / f).exists() for f in TOKENIZER_FILES):
+        raise UnsupportedModelError(f"{label} has no tokenizer files")
+    sha = meta.pop("sha", None)
+    if sha is None:
+        digest = hashlib.sha256()
+        for name, info in sorted(weights.header.items()):
+            digest.update(f"{name}:{info.dtype}:{info.shape};".encode())
+        for f in weights.files:
+            digest.update(f"{f}:{(folder / f).stat().st_size};".encode())
+        sha = "local-" + digest.hexdigest()[:16]
+    return ResolvedModel(ref=label, path=folder, config=config, card=read_card(folder), header=weights.header,
+                         sha=sha, **meta)
+
+
+
+
+def base_folder(folder: Path, ref: str, **meta) -> ResolvedModel:
+    """A base model's folder: only its weights are needed (it may be a bare encoder or LM, no task head)."""
+    ws = WeightSet.open(folder, label=ref)
+    return ResolvedModel(ref=ref, path=folder, config={}, header=ws.header, **meta)

@@ -1,0 +1,126 @@
+"""Resolve: the target, its peers (given, or discovered on the target's hub), the base, the probe inputs.
+
+Example:
+    >>> scan = resolve_models(CheckOptions(target="demo/sentiment-reviews-v2", hub_dir=hub), LocalHub(hub))
+    >>> [p.name for p in scan.peers]
+    ['alice/yelp-sentiment', 'bob/review-polarity', 'carol/minilm-sentiment']
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..discovery import Discovery
+from ..errors import HfscanError, NoPeersError
+from ..families import ModelFamily, ProbeInputs, family_for
+from ..merge.driver import check_compatible
+from ..probe.results import ProbeResult
+from ..sources import FolderSource, LocalHub, ModelSource, ResolvedModel, is_folder, resolve_ref
+from .. import config as _config
+
+
+@dataclass
+class Peer:
+    """One peer of a scan: the model, how its label ids map to the target's, and (once probed) its results."""
+
+    model: ResolvedModel
+    perm: list[int]  # perm[t] = the peer's id for the target's label t
+    runner: object = None
+    probe: ProbeResult | None = None  # in the target's label ids
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    @property
+    def to_target(self) -> dict[int, int]:
+        return {peer_id: t for t, peer_id in enumerate(self.perm)}
+
+
+@dataclass
+class Scan:
+    """The models of one scan, loaded and ready to probe."""
+
+    family: ModelFamily
+    source: ModelSource
+    target: ResolvedModel
+    runner: object
+    inputs: ProbeInputs
+    peers: list[Peer]
+    base: ResolvedModel | None
+    discovery: Discovery | None = None
+
+
+def resolve_models(opts, source: ModelSource, log=lambda s: None) -> Scan:
+    """Resolve every model ``opts`` names and load them (see the module docstring)."""
+    remote = None
+    if not isinstance(source, FolderSource):
+        log(f"resolving {opts.target} on {source.location}")
+        remote = source.describe(opts.target)
+        target = source.fetch(remote)
+    else:
+        target = source.resolve(opts.target)
+    given = [resolve_ref(p, source, opts.hub_dir) for p in opts.peers]
+    base = base_model(opts, target, source)
+    family = family_for(target.config, target.name)
+    inputs = family.probe_inputs(target, opts.probe_data, opts.max_probe)
+    runner = family.load(target)
+    discovery = None
+    if not given and remote is not None and opts.discover:
+        peers, discovery = _discover(source, remote, target, family, runner, inputs, opts, log)
+    else:
+        peers = [Peer(p, family.label_map(target, p)) for p in given]
+    if peers:  # the same tensors and the same label space (possibly reordered)
+        check_compatible(target.weights(), [p.model.weights() for p in peers], [p.name for p in peers])
+    log(f"loading {len(peers)} peers")
+    for p in peers:
+        p.runner = family.load(p.model)
+    return Scan(family, source, target, runner, inputs, peers, base, discovery)
+
+
+def _discover(source, remote, target, family, runner, inputs, opts, log) -> tuple[list[Peer], Discovery]:
+    from ..discovery import discover
+
+    log("discovering peers")
+    found = discover(source, remote, family.clean_outputs(runner, inputs), inputs, family, base=opts.base,
+                     max_peers=opts.max_peers, log=log)
+    if not found.kept:
+        raise NoPeersError(
+            f"{target.name}: no homogeneous peers found among {found.tried} "
+            f"({len(found.rejected)} rejected; see `hfscan peers {opts.target}`); give --peer MODEL")
+    return [Peer(p.model, p.permutation) for p in found.kept], found
+
+
+def base_model(opts, target: ResolvedModel, source: ModelSource) -> ResolvedModel | None:
+    """The base for task-vector merges: ``--base`` (a folder or an id on the target's hub), else the
+    card's ``base_model`` when the hub has it. A card is data: its ``base_model`` is only ever looked
+    up as a Hub id on the hub, never as a local path."""
+    if opts.base:
+        return base_source(opts.base, source, opts.hub_dir).fetch_base(opts.base)
+    ref = target.base_model
+    if isinstance(ref, list):
+        ref = ref[0] if len(ref) == 1 else None
+    if not isinstance(ref, str) or is_folder(ref):
+        return None
+    hub = source if not isinstance(source, FolderSource) else _local_hub(opts.hub_dir)
+    if hub is None:
+        return None
+    try:
+        return hub.fetch_base(ref)
+    except HfscanError:
+        return None
+
+
+def base_source(ref: str, source: ModelSource, hub_dir: str | None) -> ModelSource:
+    """Where ``--base REF`` is read: a folder, else the target's hub (or the local hub for a folder target)."""
+    if Path(ref).expanduser().is_dir():
+        return FolderSource()
+    if isinstance(source, FolderSource):
+        return _local_hub(hub_dir) or FolderSource()
+    return source
+
+
+def _local_hub(hub_dir: str | None) -> LocalHub | None:
+    local = _config.hub_dir(hub_dir)
+    return LocalHub(local) if local else None
