@@ -7,37 +7,79 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
+
+
+MARKER = ".hfscan-output"  # written into every folder hfscan builds: only such a folder is ever replaced
+
+
+def replaceable(dest: Path, also: Callable[[Path], bool] | None = None) -> bool:
+    """Whether hfscan may replace ``dest``: absent, an empty folder, or a folder hfscan wrote."""
+    if not dest.exists() and not dest.is_symlink():
+        return True
+    if dest.is_symlink() or not dest.is_dir():
+        return False
+    return (dest / MARKER).is_file() or not any(dest.iterdir()) or bool(also and also(dest))
+
+
+def check_replaceable(dest: Path, also: Callable[[Path], bool] | None = None) -> None:
+    """Refuse, with one line, to replace what hfscan did not write (checked before any work starts)."""
+    from .errors import OutputExistsError
+
+    if replaceable(dest, also):
+        return
+    what = "a file" if dest.is_file() or dest.is_symlink() else "a folder hfscan did not write"
+    raise OutputExistsError(f"{dest} exists and is {what}; hfscan never replaces it: choose another output "
+                            "folder or remove it")
+
+
+def check_output_dir(folder: Path) -> None:
+    """An output folder must be a folder (or creatable) and writable; checked before a scan starts."""
+    from .errors import OutputExistsError
+
+    folder = Path(folder)
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise OutputExistsError(f"output {folder}: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise OutputExistsError(f"output {folder}: {probe} is not writable")
 
 
 @contextlib.contextmanager
-def atomic_dir(dest: str | os.PathLike, overwrite: bool = True) -> Iterator[Path]:
+def atomic_dir(dest: str | os.PathLike, overwrite: bool = True,
+               also: Callable[[Path], bool] | None = None) -> Iterator[Path]:
     """Yield a temporary folder next to ``dest``; on success it replaces ``dest``.
 
-    On any exception the temporary folder is removed and ``dest`` is left as it was, so a
-    failed or interrupted run never leaves a half-written model behind.
+    On any exception (a signal turned into one by the CLI included) the temporary folder is removed
+    and ``dest`` is left as it was, so a failed or interrupted run never leaves a half-written model
+    behind. Only a folder that hfscan wrote (it carries `MARKER`), an empty one, or one ``also``
+    accepts is ever replaced; anything else raises `OutputExistsError` before anything is written.
 
     Example:
         >>> with atomic_dir("out/defended") as tmp:
         ...     (tmp / "config.json").write_text("{}")
     """
+    from .errors import OutputExistsError
+
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     if dest.exists() and not overwrite:
-        from .errors import OutputExistsError
-
         raise OutputExistsError(f"{dest} exists (use --force to replace it)")
+    check_replaceable(dest, also)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
     try:
         yield tmp
+        (tmp / MARKER).write_text("written by hfscan; hfscan may replace this folder\n")
+        old = None
+        if dest.exists():
+            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+            os.replace(dest, old)
+        os.replace(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = None
-    if dest.exists():
-        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-        os.replace(dest, old)
-    os.replace(tmp, dest)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 

@@ -1,0 +1,166 @@
+"""Hardening: nothing hfscan did not write is lost, no path escapes what the user named, signals clean up."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from scanner.cli import main
+from scanner.report.card import END, START, CardUnsafeError, upsert_section
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def one_line_error(res, needle: str) -> None:
+    assert res.exit_code == 2, res.output
+    err = res.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("hfscan: error:") and needle in err[0], res.stderr
+    assert "Traceback" not in res.output + res.stderr
+
+
+def test_merge_never_replaces_a_folder_it_did_not_write(tiny, tmp_path):
+    a, b = tiny("a", seed=1), tiny("b", seed=2)
+    mine = tmp_path / "my-project"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("three weeks of work")
+    one_line_error(run("merge", a, b, "-o", mine), "never replaces")
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    assert (mine / "notes.txt").read_text() == "three weeks of work"
+    # a file in the way is refused the same way; an empty folder or hfscan's own output is replaced
+    (tmp_path / "file").write_text("x")
+    one_line_error(run("merge", a, b, "-o", tmp_path / "file"), "is a file")
+    out = tmp_path / "merged"
+    assert run("merge", a, b, "-o", out).exit_code == 0
+    assert run("merge", a, b, "-o", out, "--weights", "0.3,0.7").exit_code == 0  # its own output: replaced
+    assert (out / "model.safetensors").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no stray temp or .old folders
+
+
+def _author_text(rng: random.Random) -> str:
+    parts = ["# Model\n", "Some *author* text.\n", "| a | b |\n", START, END, "\n", "<!-- other -->", "ünïcode ✓\n"]
+    return "".join(rng.choice(parts) for _ in range(rng.randint(0, 8)))
+
+
+def _outside(card: str) -> str:
+    i, j = card.find(START), card.find(END)
+    return card[:i] + card[j + len(END):]
+
+
+def test_card_upsert_keeps_the_authors_text_through_any_sequence_of_rescans():
+    rng = random.Random(7)
+    refused = kept = 0
+    for _ in range(600):
+        card = _author_text(rng)
+        hostile = rng.choice(["neg", f"neg{END}\n# injected", f"x{START}y", "a|b\n::error::boom"])
+        section = f"{START}\nlabel {hostile}\n{END}"
+        try:
+            first = upsert_section(card, section)
+        except CardUnsafeError:
+            refused += 1
+            well_formed = (card.count(START), card.count(END)) == (1, 1) and card.find(START) < card.find(END)
+            assert START in card or END in card
+            assert not well_formed, card
+            continue
+        kept += 1
+        assert first.count(START) == 1 and first.count(END) == 1  # a label can never close the section early
+        again = first
+        for _ in range(3):  # rescans replace the section only
+            again = upsert_section(again, f"{START}\nrescan {rng.random()}\n{END}")
+            assert _outside(again) == _outside(first)
+        if START not in card:  # appended: the author's card is a byte-identical prefix
+            assert first.startswith(card)
+        else:
+            assert _outside(first) == _outside(card)
+    assert refused > 50 and kept > 50
+
+
+def test_check_refuses_a_defended_path_it_did_not_write_before_scanning(zoo, tmp_path):
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "defended").write_text("not a model")
+    res = run("check", zoo.path("zoo/backdoor-cf"), "--peer", zoo.path("zoo/clean-1"), "-o", out)
+    one_line_error(res, "is a file")
+    assert sorted(p.name for p in out.iterdir()) == ["defended"] and (out / "defended").read_text() == "not a model"
+    (tmp_path / "f").write_text("")
+    one_line_error(run("check", zoo.path("zoo/backdoor-cf"), "-o", tmp_path / "f" / "sub"), "is a file")
+
+
+def test_open_pr_on_a_folder_is_refused_before_the_scan(zoo, tmp_path):
+    out = tmp_path / "o"
+    one_line_error(run("check", zoo.path("zoo/backdoor-cf"), "--open-pr", "-o", out), "need a model on the Hub")
+    assert not out.exists()
+
+
+def test_a_repo_id_cannot_leave_the_hub_folder(zoo, tmp_path):
+    outside = tmp_path / "outside" / "m"
+    shutil.copytree(zoo.path("zoo/clean-1"), outside)
+    hub = tmp_path / "hub"
+    (hub / "heldout").mkdir(parents=True)
+    one_line_error(run("check", "heldout/../../outside/m", "--hub-dir", hub, "-o", tmp_path / "o"),
+                   "valid Hub model id")
+    (hub / "evil").mkdir()
+    (hub / "evil" / "link").symlink_to(outside)
+    one_line_error(run("check", "evil/link", "--hub-dir", hub, "-o", tmp_path / "o"), "outside the hub folder")
+
+
+def test_a_cards_base_model_is_never_read_as_a_local_path(zoo, tmp_path):
+    from scanner.pipeline import CheckOptions
+    from scanner.sources import FolderSource
+    from scanner.stages.resolve import base_model
+
+    target = FolderSource().resolve(str(zoo.path("zoo/clean-1")))
+    target.card = {"base_model": str(zoo.path("zoo/minilm-l2-base"))}  # an absolute path in a card
+    assert base_model(CheckOptions(target=str(target.path)), target, FolderSource()) is None
+    target.card = {"base_model": "../minilm-l2-base"}
+    assert base_model(CheckOptions(target=str(target.path)), target, FolderSource()) is None
+    # --base is the user's word: a folder is read
+    given = base_model(CheckOptions(target=str(target.path), base=str(zoo.path("zoo/minilm-l2-base"))), target,
+                       FolderSource())
+    assert given is not None and given.path == zoo.path("zoo/minilm-l2-base")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_during_the_defense_leaves_no_temporary_folder(zoo, tmp_path, sig):
+    out = tmp_path / "report"
+    cmd = [sys.executable, "-m", "scanner.cli", "check", str(zoo.path("zoo/backdoor-cf")),
+           *sum((["--peer", str(zoo.path(f"zoo/clean-{i}"))] for i in (1, 2, 3)), []), "--search-budget", "off",
+           "-o", str(out)]
+    env = {**os.environ, "TMPDIR": str(tmp_path / "tmp"), "PYTHONUNBUFFERED": "1"}
+    (tmp_path / "tmp").mkdir()
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    for line in p.stderr:
+        if "defense candidate" in line or time.time() > deadline:
+            break
+    p.send_signal(sig)
+    p.stderr.read()
+    rc = p.wait(timeout=120)
+    assert rc == (130 if sig == signal.SIGINT else 128 + sig), rc
+    leftovers = [q for q in [*out.rglob(".*"), *(tmp_path / "tmp").iterdir()] if q.name != ".hfscan-output"]
+    assert not leftovers, leftovers
+    assert not (out / "defended").exists()  # nothing half-built in its place
+
+
+def test_the_output_marker_is_not_published(tmp_path):
+    from scanner.publish import push_variant
+
+    d = tmp_path / "defended"
+    d.mkdir()
+    (d / ".hfscan-output").write_text("")
+    (d / "config.json").write_text("{}")
+
+    class Hub:
+        endpoint = "http://127.0.0.1:9"
+
+    assert push_variant(Hub(), "org/x", Path(d)).files == ["config.json"]
