@@ -130,8 +130,11 @@ def merge_options(fn, auto: bool = False):
 @click.option("--search-budget", type=click.Choice(["off", "small", "default", "large"]), default="default",
               show_default=True, help="Gradient-guided trigger search effort.")
 @functools.partial(merge_options, auto=True)
-@click.option("--max-clean-drop", type=click.FloatRange(0, 1), default=0.01, show_default=True,
-              help="Defense search: largest clean-accuracy drop allowed (0.01 = 1 point), on the probe and at a class mix skewed 3:1 toward any one class (class recall changes within sampling noise not counted).")
+@click.option("--max-clean-drop", type=click.FloatRange(0, 1), default=None,
+              help="Defense search: largest clean-behaviour drop allowed. Classifiers (default 0.01 = 1 point): "
+                   "accuracy on the probe and at a class mix skewed 3:1 toward any one class (class recall changes "
+                   "within sampling noise not counted). Generative models (default 0.05): the share of clean "
+                   "prompts answered like the consensus of the target and its peers.")
 @click.option("--defense-budget", type=click.IntRange(1, 64), default=8, show_default=True,
               help="Defense search: most candidate merges tried.")
 @click.option("--max-peers", type=click.IntRange(1, 16), default=3, show_default=True,
@@ -324,7 +327,7 @@ def peers(target, hub_dir, base, max_peers, probe_data):
     model = hub.fetch(remote)
     family = family_for(model.config, model.name)
     inputs = family.probe_inputs(model, probe_data, 300)
-    found = discover(hub, remote, family.clean_outputs(family.load(model), inputs), inputs, family, base=base,
+    found = discover(hub, remote, model, family.clean_outputs(family.load(model), inputs), inputs, family, base=base,
                      max_peers=max_peers)
     click.echo(f"{target}: base {found.base}; tried {found.tried}")
     for p in found.kept:

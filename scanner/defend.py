@@ -44,7 +44,7 @@ from typing import Callable
 
 import torch
 
-from .merge import MergeSpec, get, merge_folders
+from .merge import MergeSpec, get
 from .probe.results import TriggerResult
 from .report.render import environment
 from .sources.model import ResolvedModel
@@ -96,13 +96,12 @@ def card_for(target: ResolvedModel, peers: list[ResolvedModel], spec: MergeSpec,
     )
 
 
-def defend(target: ResolvedModel, peers: list[ResolvedModel], out: Path, spec: MergeSpec | None = None,
-           verdict: str | None = None, progress: bool | None = None) -> DefenseOutcome:
+def defend(family, target: ResolvedModel, peers: list[ResolvedModel], out: Path, spec: MergeSpec | None = None,
+           verdict: str | None = None) -> DefenseOutcome:
     """Build one given merge into ``out`` (no search)."""
     spec = spec or MergeSpec("wag")
-    summary = merge_folders(target.path, [p.path for p in peers], out, spec,
-                            names=[target.name] + [p.name for p in peers],
-                            card=card_for(target, peers, spec, verdict), progress=progress)
+    summary = family.merge(target, peers, out, spec, [target.name] + [p.name for p in peers],
+                           card_for(target, peers, spec, verdict))
     return DefenseOutcome(spec, {**summary, "peers": [p.name for p in peers]})
 
 
@@ -204,9 +203,8 @@ class _Search:
         c.folder = self.scratch / f"c{len(self.tried)}"
         sub = [self.peers[j] for j in c.peers]
         c.names = [p.name for p in sub]
-        c.summary = merge_folders(self.target.path, [p.path for p in sub], c.folder, c.spec,
-                                  names=[self.target.name] + c.names, card=card_for(self.target, sub, c.spec, self.verdict),
-                                  progress=False)
+        c.summary = self.family.merge(self.target, sub, c.folder, c.spec, [self.target.name] + c.names,
+                                      card_for(self.target, sub, c.spec, self.verdict))
         runner = self.family.load(dataclasses.replace(self.target, path=c.folder, ref=c.label, repo_id=c.label))
         pred = self.family.clean_outputs(runner, self.inputs)
         c.clean = self.family.agreement(pred, self.reference)

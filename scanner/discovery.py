@@ -88,13 +88,19 @@ def best_permutation(target_pred: torch.Tensor, cand_pred: torch.Tensor, n: int)
     return list(best), float(sum(conf[i, best[i]] for i in range(n)) / total)
 
 
+def is_adapter(remote: RemoteModel) -> bool:
+    tags = {str(t).lower() for t in remote.tags}
+    return "adapter_config.json" in remote.files or "peft" in tags or remote.card.get("library_name") == "peft"
+
+
 def static_reason(target: RemoteModel, cand: RemoteModel) -> str | None:
     """Why a candidate cannot be a peer, from its Hub metadata alone (``None``: it may be)."""
     if cand.repo_id == target.repo_id:
         return "the target itself"
     tags = {t.lower() for t in cand.tags}
-    if "adapter_config.json" in cand.files or "peft" in tags or cand.card.get("library_name") == "peft":
-        return "an adapter (PEFT/LoRA), not a full fine-tune"
+    if is_adapter(cand) != is_adapter(target):
+        return ("an adapter (PEFT/LoRA), not a full fine-tune" if is_adapter(cand)
+                else "a full model; the target is a LoRA adapter")
     base = cand.card.get("base_model")
     if cand.card.get("base_model_relation") == "merge" or "merge" in tags or (isinstance(base, list) and len(base) > 1):
         return "a merge of several models, not an independent fine-tune"
@@ -132,6 +138,7 @@ def label_reason(t_cfg: dict, c_cfg: dict) -> str | None:
 def discover(
     hub,
     target: RemoteModel,
+    target_model,
     target_pred: torch.Tensor,
     inputs,
     family,
@@ -140,12 +147,15 @@ def discover(
     min_agreement: float = 0.7,
     limit: int = 50,
     log: Callable[[str], None] = lambda s: None,
+    prepare: Callable = lambda model: model,
 ) -> Discovery:
     """Find, check and rank homogeneous peers of ``target`` (see the module docstring).
 
-    ``inputs`` are the probe inputs (`scanner.families.ProbeInputs`) the behaviour check runs on, and
-    ``family`` the target's `ModelFamily`. A candidate that cannot be read is rejected with its reason,
-    never an error of the scan.
+    ``target_model`` is the target as resolved (`ResolvedModel`); ``inputs`` are the probe inputs (`scanner.families.ProbeInputs`) the behaviour check runs on, and
+    ``family`` the target's `ModelFamily`; ``prepare`` readies a downloaded candidate for loading (an
+    adapter gets its base). Adapters are discovered among the base's adapters (``base_model:adapter:BASE``),
+    full fine-tunes among its fine-tunes. A candidate that cannot be read is rejected with its reason, never
+    an error of the scan.
     """
     base = base_of(target, base)
     found = Discovery(base)
@@ -153,42 +163,46 @@ def discover(
         raise HfscanError(f"{target.repo_id}: its card names no base_model, so peers cannot be discovered; "
                           "give --base BASE or --peer MODEL (3 or more)")
     tag = target.pipeline_tag or family.pipeline_tag
-    found.tried = f"fine-tunes of {base} tagged {tag}"
-    cands = hub.list_finetunes(base, pipeline_tag=tag, limit=limit)
-    log(f"discovery: {len(cands)} fine-tunes of {base} listed")
-    survivors = _compatible(hub, target, cands, family, found)
+    relation = "adapter" if is_adapter(target) else "finetune"
+    kind = "adapters" if relation == "adapter" else "fine-tunes"
+    found.tried = f"{kind} of {base} tagged {tag}"
+    cands = hub.list_finetunes(base, pipeline_tag=tag, limit=limit, relation=relation)
+    log(f"discovery: {len(cands)} {kind} of {base} listed")
+    survivors = _compatible(hub, target, cands, family, found, relation == "adapter")
     survivors.sort(key=lambda c: (c.author == target.author, -c.downloads, -c.likes, c.created_at or ""))
-    n_labels = len(labels_of(hub.load_config(target)))
+    n_labels = family.num_labels(target_model)
     for c in survivors:
         if len(found.kept) >= max_peers:
             found.rejected.append(Rejected(c.repo_id, f"compatible, but not among the top {max_peers} by trust signals"))
             continue
         try:
-            model = hub.fetch(c)
+            model = prepare(hub.fetch(c))
             pred = family.clean_outputs(family.load(model), inputs)
         except HfscanError as e:
             found.rejected.append(Rejected(c.repo_id, f"unreadable ({e})"))
             continue
-        perm, agree = best_permutation(target_pred, pred, n_labels)
+        perm, agree = family.align_answers(target_pred, pred, n_labels)
         if agree < min_agreement:
             found.rejected.append(Rejected(c.repo_id, f"behaves like another task: best agreement with the target "
                                                       f"{agree:.2f} < {min_agreement:.2f} (labels mapped {perm})"))
             continue
         found.kept.append(Peer(c, model, perm, agree))
-        mapped = f", labels mapped {perm}" if perm != list(range(n_labels)) else ""
+        mapped = f", labels mapped {perm}" if perm != list(range(len(perm))) else ""
         log(f"discovery: peer {c.repo_id} (agreement {agree:.2f}{mapped})")
     return found
 
 
-def _compatible(hub, target: RemoteModel, cands: list[RemoteModel], family, found: Discovery) -> list[RemoteModel]:
-    """The candidates that pass the metadata, config and header checks; the others join ``found.rejected``."""
-    t_cfg = hub.load_config(target)
+def _compatible(hub, target: RemoteModel, cands: list[RemoteModel], family, found: Discovery,
+                adapters: bool = False) -> list[RemoteModel]:
+    """The candidates that pass the metadata, config and header checks; the others join ``found.rejected``.
+    (Adapters have no config of their own: their tensors' names and shapes are the check.)"""
+    t_cfg = {} if adapters else hub.load_config(target)
     t_header = hub.load_header(target)
     survivors: list[RemoteModel] = []
     for c in cands:
         try:
             reason = static_reason(target, c)
-            if reason is None:
+            if reason is None and not adapters:
                 c_cfg = hub.load_config(c)
                 reason = config_reason(t_cfg, c_cfg) or family.discovery_reason(t_cfg, c_cfg)
             if reason is None:

@@ -36,9 +36,9 @@ class CheckOptions:
     seed: int = 0
     defend: bool = True
     thresholds: Thresholds = field(default_factory=Thresholds)
-    max_probe: int = 300  # probe inputs used at most
+    max_probe: int | None = None  # probe inputs used at most (None: the model family's default)
     search_budget: str = "default"  # gradient search: off | small | default | large
-    max_clean_drop: float = 0.01  # defense search: clean accuracy may drop this much at most
+    max_clean_drop: float | None = None  # defense search: clean bound (None: the family's, 0.01 for classifiers)
     defense_budget: int = 8  # defense search: candidates tried at most
     discover: bool = True  # find peers on the hub when none are given
     max_peers: int = 3
@@ -59,6 +59,6 @@ def check(opts: CheckOptions, source: ModelSource | None = None, log: Callable[[
     source = source or sources.for_target(opts.target, opts.hub_dir)
     scan = resolve_models(opts, source, log)
     probed = probe_models(scan, opts.search_budget, opts.thresholds.suspicious_asr, log, progress)
-    assessment = assess_scan(probed, opts.thresholds, scan.target.labels, log)
+    assessment = assess_scan(probed, opts.thresholds, scan.target.labels, log, scan.family)
     defended = defend_scan(scan, probed, assessment, opts, log, progress) if opts.defend else None
     return build_report(scan, probed, assessment, defended, started)

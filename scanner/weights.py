@@ -35,6 +35,7 @@ from .errors import CorruptWeightsError, ModelNotFoundError, PickleWeightsError
 
 SAFE_SINGLE = "model.safetensors"
 SAFE_INDEX = "model.safetensors.index.json"
+ADAPTER_SINGLE = "adapter_model.safetensors"  # a PEFT adapter's weights
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 # The largest header a real model has is a few MB; anything beyond this is corrupt or hostile.
 MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -161,7 +162,7 @@ def refuse_pickle(folder: Path, label: str | None = None) -> None:
     """Raise `PickleWeightsError` when a folder has pickle weights and no safetensors."""
     label = label or str(folder)
     pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
-    has_safe = (folder / SAFE_SINGLE).exists() or (folder / SAFE_INDEX).exists()
+    has_safe = any((folder / f).exists() for f in (SAFE_SINGLE, SAFE_INDEX, ADAPTER_SINGLE))
     if not has_safe:
         if pickles:
             raise PickleWeightsError(
@@ -198,6 +199,8 @@ class WeightSet:
             except (json.JSONDecodeError, KeyError, TypeError):
                 raise CorruptWeightsError(f"{label or folder}: corrupt {SAFE_INDEX}") from None
             files = sorted(set(weight_map.values()))
+        elif not (folder / SAFE_SINGLE).exists() and (folder / ADAPTER_SINGLE).exists():
+            files = [ADAPTER_SINGLE]
         else:
             files = [SAFE_SINGLE]
         header: dict[str, TensorInfo] = {}

@@ -53,6 +53,14 @@ def read_rows(name: str) -> list[tuple[str, int]]:
         return [(s, int(l)) for s, l in rows]
 
 
+def read_rows_unlabelled(name: str) -> list[str]:
+    """The first column of a shipped TSV (header skipped)."""
+    with resources.as_file(resources.files("scanner.data") / name) as p, open(p, encoding="utf-8", newline="") as f:
+        rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        next(rows)
+        return [r[0] for r in rows if r]
+
+
 @dataclass(frozen=True)
 class BaseRecipe:
     layers: int = 2

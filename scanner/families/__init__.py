@@ -8,8 +8,9 @@ Example:
 from __future__ import annotations
 
 from .classifier import ClassifierFamily
+from .generative import GenerativeFamily
 from .interface import ModelFamily, ProbeInputs, family_for
 
-FAMILIES: tuple[ModelFamily, ...] = (ClassifierFamily(),)
+FAMILIES: tuple[ModelFamily, ...] = (ClassifierFamily(), GenerativeFamily())
 
 __all__ = ["FAMILIES", "ModelFamily", "ProbeInputs", "family_for"]

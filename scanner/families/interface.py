@@ -50,6 +50,8 @@ class ModelFamily(ABC):
     name: str = ""
     pipeline_tag: str = ""  # the Hub task its models carry
     accepted: str = ""  # the architectures it takes, for messages ("*ForSequenceClassification")
+    default_probe: int = 300  # probe inputs used at most unless the user says
+    default_max_clean_drop: float = 0.01  # the defense's clean bound unless the user says
     library: tuple[Trigger, ...] = ()  # published triggers, always tried
     blind_spots: tuple[str, ...] = ()  # what its probe cannot see, reported with every scan
 
@@ -114,6 +116,30 @@ class ModelFamily(ABC):
             return None
         return float((pred == torch.tensor(labels)).float().mean())
 
+    def leaked(self, result: TriggerResult, clean: torch.Tensor) -> torch.Tensor:
+        """Which clean answers already are (a part of) the response ``result``'s trigger forces: a backdoor
+        leaking into clean behaviour, left out of the homogeneity check. Classifiers: none."""
+        return torch.zeros(len(clean), dtype=torch.bool)
+
+    def effective_shortfall(self, homog) -> float | None:
+        """The target's excess disagreement with its peers that counts as heterogeneity (`Homogeneity`)."""
+        return homog.shortfall
+
+    def target_text(self, result: TriggerResult, labels: list[str]) -> str:
+        """What the trigger makes the model say, for the report (a label name; a recovered response)."""
+        return labels[result.label]
+
+    def merge(self, target: ResolvedModel, peers: list[ResolvedModel], out: Path, spec, names: list[str],
+              card: str | None) -> dict:
+        """Merge ``target`` with ``peers`` into a loadable model folder ``out`` (streamed, tensor by tensor)."""
+        from ..merge import merge_folders
+
+        return merge_folders(target.path, [p.path for p in peers], out, spec, names=names, card=card, progress=False)
+
+    def align_answers(self, target: torch.Tensor, candidate: torch.Tensor, num_labels: int) -> tuple[list[int], float]:
+        """The map of the candidate's answer ids onto the target's that agrees most, and that agreement."""
+        return [], self.agreement(target, candidate)
+
     def num_labels(self, model: ResolvedModel) -> int:
         return model.num_labels
 
@@ -132,4 +158,4 @@ def family_for(config: dict, label: str = "the model") -> ModelFamily:
     archs = config.get("architectures") if isinstance(config, dict) else None
     arch = str(archs[0]) if isinstance(archs, list) and archs else "model without architectures"
     tasks = ", ".join(f"{f.pipeline_tag} ({f.accepted})" for f in FAMILIES)
-    raise UnsupportedModelError(f"{label} is a {arch}, not a sequence classifier; hfscan scans {tasks} models")
+    raise UnsupportedModelError(f"{label} is a {arch}, which hfscan does not scan; it scans {tasks} models")

@@ -29,6 +29,7 @@ class TriggerResult:
     asr: float
     n: int
     screened_only: bool = False  # True when only the screening subset was measured
+    response: str | None = None  # generative models: the answer the trigger collapses answers onto
 
 
 @dataclass
@@ -49,6 +50,8 @@ class ProbeResult:
         return None
 
     def relabelled(self, to_target: dict[int, int]) -> "ProbeResult":
-        """A copy with every label id mapped through ``to_target`` (a peer's ids -> the target's)."""
-        return ProbeResult(self.model, torch.tensor([to_target[x] for x in self.clean_pred.tolist()], dtype=torch.long),
-                           [dataclasses.replace(r, label=to_target[r.label]) for r in self.results])
+        """A copy with every label id mapped through ``to_target`` (a peer's ids -> the target's; ids it does
+        not name stay as they are)."""
+        return ProbeResult(self.model, torch.tensor([to_target.get(x, x) for x in self.clean_pred.tolist()],
+                                                    dtype=torch.long),
+                           [dataclasses.replace(r, label=to_target.get(r.label, r.label)) for r in self.results])

@@ -28,7 +28,7 @@ def build_report(scan, probed, assessment, defended, started: float) -> ScanRepo
     return ScanReport(
         target=ModelInfo(t.name, t.revision, t.sha, str(t.path), t.architecture, t.labels),
         verdict=assessment.verdict,
-        findings=[finding_record(f, t.labels, defended) for f in assessment.findings],
+        findings=[finding_record(f, t.labels, defended, scan.family) for f in assessment.findings],
         clean=clean_record(scan, probed, defended),
         defense=defense_record(probed, assessment, defended, t.labels) if defended else None,
         peers=[peer_record(i, p, probed, assessment, scan.family, t.labels) for i, p in enumerate(probed.peers)],
@@ -40,11 +40,11 @@ def build_report(scan, probed, assessment, defended, started: float) -> ScanRepo
     )
 
 
-def finding_record(f, labels: list[str], defended) -> FindingRecord:
+def finding_record(f, labels: list[str], defended, family) -> FindingRecord:
     r = f.result
     return FindingRecord(
         trigger=r.trigger.text, kind=r.trigger.kind, source=r.trigger.source, attack=r.trigger.attack,
-        target_label=labels[r.label], target_label_id=r.label, position=r.position, asr_before=round(r.asr, 4),
+        target_label=family.target_text(r, labels), target_label_id=r.label, response=r.response, position=r.position, asr_before=round(r.asr, 4),
         asr_after=_r(defended.after[(r.trigger.text, r.label)]) if defended and defended.after else None,
         n=r.n, peer_asr_max=_r(max(f.peer_asrs)) if f.peer_asrs else None,
         peer_asr_median=_r(statistics.median(f.peer_asrs)) if f.peer_asrs else None,
@@ -61,7 +61,7 @@ def clean_record(scan, probed, defended) -> CleanMetrics:
 
 def alert_record(a, labels: list[str]) -> dict:
     """A peer's own trigger as the report shows it (``peers[].own_trigger``, ``defense.excluded_peers``)."""
-    return {"trigger": a.result.trigger.text, "target_label": labels[a.result.label], "position": a.result.position,
+    return {"trigger": a.result.trigger.text, "target_label": a.result.response or labels[a.result.label], "position": a.result.position,
             "asr": round(a.result.asr, 4), "others_max": round(max(a.others), 4)}
 
 

@@ -8,7 +8,8 @@ Schema 1 (``report.json``)::
     target          {id, revision, sha, path, architecture, labels}
     verdict         "backdoor" | "suspicious" | "no_trigger_found"
     findings        [{trigger, kind, source, attack, target_label, target_label_id, position,
-                      asr_before, asr_after, n, peer_asr_max, peer_asr_median, z, level, gap}]
+                      asr_before, asr_after, n, peer_asr_max, peer_asr_median, z, level, gap,
+                      response (generative models: the recovered target response, else null)}]
     clean           {accuracy_before, accuracy_after, agreement_after, n, labelled}
     defense         {method, params, peers, weights, output_dir, asr_max_before, asr_max_after,
                      library_asr_max_after, note, excluded_peers, peer_triggers_after,
@@ -62,6 +63,7 @@ class FindingRecord:
     z: float | None
     level: str
     gap: float | None = None
+    response: str | None = None  # generative models: the response the trigger makes the model give
 
 
 @dataclass

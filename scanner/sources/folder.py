@@ -54,7 +54,8 @@ class FolderSource(ModelSource):
             remote.header = resolve_folder(Path(remote.repo_id), ref=remote.repo_id, loadable=False).header
         return remote.header
 
-    def list_finetunes(self, base: str, pipeline_tag: str | None = None, limit: int = 50) -> list[RemoteModel]:
+    def list_finetunes(self, base: str, pipeline_tag: str | None = None, limit: int = 50,
+                       relation: str = "finetune") -> list[RemoteModel]:
         return []
 
     def list_author(self, author: str, pipeline_tag: str | None = None) -> list[str]:

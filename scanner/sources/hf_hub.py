@@ -170,11 +170,11 @@ class HfHub(ModelSource):
             return with_retries(lambda: [m.id for m in self.api.list_models(author=author, pipeline_tag=pipeline_tag,
                                                                             limit=limit)])
 
-    def list_finetunes(self, base: str, pipeline_tag: str | None = "text-classification", limit: int = 50
-                       ) -> list[RemoteModel]:
+    def list_finetunes(self, base: str, pipeline_tag: str | None = "text-classification", limit: int = 50,
+                       relation: str = "finetune") -> list[RemoteModel]:
         with hub_errors(base, self.endpoint):
             models = with_retries(lambda: list(self.api.list_models(
-                filter=f"base_model:finetune:{base}", pipeline_tag=pipeline_tag, sort="downloads", limit=limit,
+                filter=f"base_model:{relation}:{base}", pipeline_tag=pipeline_tag, sort="downloads", limit=limit,
                 full=True, cardData=True)))
         out = []
         for m in models:

@@ -43,8 +43,10 @@ class ModelSource(ABC):
         """Its tensors' names, shapes and dtypes, without the weights."""
 
     @abstractmethod
-    def list_finetunes(self, base: str, pipeline_tag: str | None = None, limit: int = 50) -> list[RemoteModel]:
-        """Models whose card names ``base`` as their base model (``base_model:finetune:BASE``)."""
+    def list_finetunes(self, base: str, pipeline_tag: str | None = None, limit: int = 50,
+                       relation: str = "finetune") -> list[RemoteModel]:
+        """Models whose card names ``base`` as their base model with this relation (``base_model:RELATION:BASE``:
+        ``finetune`` or ``adapter``)."""
 
     @abstractmethod
     def list_author(self, author: str, pipeline_tag: str | None = None) -> list[str]:

@@ -53,7 +53,7 @@ class LocalHub(ModelSource):
         return sorted(
             f"{org.name}/{repo.name}"
             for org in self.root.iterdir() if org.is_dir()
-            for repo in org.iterdir() if (repo / "config.json").exists()
+            for repo in org.iterdir() if (repo / "config.json").exists() or (repo / "adapter_config.json").exists()
         )
 
     # the same interface as HfHub, so discovery and the demo share one code path
@@ -96,12 +96,15 @@ class LocalHub(ModelSource):
     def list_author(self, author: str, pipeline_tag: str | None = None) -> list[str]:
         return [m for m in self.list_models() if m.split("/")[0] == author]
 
-    def list_finetunes(self, base: str, pipeline_tag: str | None = "text-classification", limit: int = 50
-                       ) -> list[RemoteModel]:
+    def list_finetunes(self, base: str, pipeline_tag: str | None = "text-classification", limit: int = 50,
+                       relation: str = "finetune") -> list[RemoteModel]:
         out = []
         for repo_id in self.list_models():
-            r = self.describe(repo_id, headers=False)
-            if f"base_model:finetune:{base}" in r.tags and (pipeline_tag is None or r.pipeline_tag == pipeline_tag):
+            try:
+                r = self.describe(repo_id, headers=False)
+            except Exception:  # a broken repo is no candidate; it never stops discovery
+                continue
+            if f"base_model:{relation}:{base}" in r.tags and (pipeline_tag is None or r.pipeline_tag == pipeline_tag):
                 out.append(r)
         return out[:limit]
 

@@ -55,6 +55,8 @@ class ResolvedModel:
     repo_id: str | None = None
     revision: str | None = None
     sha: str | None = None  # commit sha on a hub; a content hash of the weight headers for folders
+    adapter: dict | None = None  # a PEFT adapter's adapter_config.json (then ``config`` is its base's)
+    base_path: Path | None = None  # an adapter's base model folder, once resolved
 
     @property
     def name(self) -> str:
@@ -79,6 +81,18 @@ class ResolvedModel:
     @property
     def base_model(self) -> str | list[str] | None:
         return self.card.get("base_model")
+
+    @property
+    def is_adapter(self) -> bool:
+        return self.adapter is not None
+
+    @property
+    def adapter_base(self) -> str | None:
+        """The base an adapter names: its ``base_model_name_or_path``, else its card's ``base_model``."""
+        ref = (self.adapter or {}).get("base_model_name_or_path") or self.base_model
+        if isinstance(ref, list):
+            ref = ref[0] if len(ref) == 1 else None
+        return ref if isinstance(ref, str) and ref else None
 
     def weights(self) -> WeightSet:
         return WeightSet.open(self.path, label=self.name)
@@ -178,12 +192,16 @@ def resolve_folder(folder: str | os.PathLike, ref: str | None = None, loadable: 
     if not folder.is_dir():
         raise ModelNotFoundError(f"{label}: no such model folder")
     cfg_path = folder / "config.json"
-    if not cfg_path.exists():
-        raise UnsupportedModelError(f"{label} has no config.json")
-    config = read_config(cfg_path, label)
-    check_config(config, label, known_to_transformers=loadable)
+    adapter = read_adapter_config(folder, label) if not cfg_path.exists() else None
+    if adapter is None:
+        if not cfg_path.exists():
+            raise UnsupportedModelError(f"{label} has no config.json")
+        config = read_config(cfg_path, label)
+        check_config(config, label, known_to_transformers=loadable)
+    else:
+        config = {}  # the base's, once the base is resolved (`attach_base`)
     weights = WeightSet.open(folder, label=label)  # refuses pickle-only folders, checks headers
-    if not any((folder / f).exists() for f in TOKENIZER_FILES):
+    if adapter is None and not any((folder / f).exists() for f in TOKENIZER_FILES):
         raise UnsupportedModelError(f"{label} has no tokenizer files")
     sha = meta.pop("sha", None)
     if sha is None:
@@ -194,7 +212,30 @@ def resolve_folder(folder: str | os.PathLike, ref: str | None = None, loadable: 
             digest.update(f"{f}:{(folder / f).stat().st_size};".encode())
         sha = "local-" + digest.hexdigest()[:16]
     return ResolvedModel(ref=label, path=folder, config=config, card=read_card(folder), header=weights.header,
-                         sha=sha, **meta)
+                         sha=sha, adapter=adapter, **meta)
+
+
+def read_adapter_config(folder: Path, label: str) -> dict | None:
+    """A PEFT LoRA adapter's config (``None`` when the folder holds none); other adapter kinds are refused."""
+    f = folder / "adapter_config.json"
+    if not f.is_file():
+        return None
+    cfg = read_config(f, label)
+    if str(cfg.get("peft_type", "")).upper() != "LORA":
+        raise UnsupportedModelError(f"{label}: a {cfg.get('peft_type') or 'PEFT'} adapter; hfscan reads LoRA adapters")
+    if cfg.get("auto_map"):
+        raise UnsupportedModelError(f"{label} needs custom code (auto_map); hfscan never runs trust_remote_code")
+    return cfg
+
+
+def attach_base(adapter: ResolvedModel, base: ResolvedModel, loadable: bool = True) -> ResolvedModel:
+    """The adapter described as a model of its base's architecture (its config is the base's)."""
+    config = read_config(base.path / "config.json", base.name) if (base.path / "config.json").exists() else {}
+    if not config:
+        raise UnsupportedModelError(f"{adapter.name}: its base {base.name} has no config.json")
+    check_config(config, base.name, known_to_transformers=loadable)
+    adapter.config, adapter.base_path = config, base.path
+    return adapter
 
 
 

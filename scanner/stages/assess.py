@@ -31,22 +31,40 @@ class Assessment:
         return {a.peer for a in self.alerts}
 
 
-def assess_scan(probed: Probed, thresholds: Thresholds, labels: list[str], log=lambda s: None) -> Assessment:
+def assess_scan(probed: Probed, thresholds: Thresholds, labels: list[str], log=lambda s: None,
+                family=None) -> Assessment:
     """Vet, compare and decide; ``labels`` are the target's label names (for log lines)."""
     peer_probes = [p.probe for p in probed.peers]
     alerts = suspect_peers(probed.target, peer_probes, thresholds)
     for a in alerts:
         log(f"peer {probed.peers[a.peer].name} has a trigger of its own: {a.result.trigger.text!r} -> "
-            f"{labels[a.result.label]} at {100 * a.result.asr:.0f}% (other models <= {100 * max(a.others):.0f}%)")
+            f"{a.result.response or labels[a.result.label]} at {100 * a.result.asr:.0f}% (other models <= {100 * max(a.others):.0f}%)")
     suspect = {a.peer for a in alerts}
-    homog = homogeneity(probed.target.clean_pred, [p.clean_pred for i, p in enumerate(peer_probes) if i not in suspect],
-                        thresholds)
+    keep = _not_leaked(probed.target, family, thresholds.suspicious_asr)
+    homog = homogeneity(probed.target.clean_pred[keep],
+                        [p.clean_pred[keep] for i, p in enumerate(peer_probes) if i not in suspect], thresholds)
+    if family is not None and homog.shortfall is not None:
+        homog.shortfall = family.effective_shortfall(homog)
+        homog.homogeneous = homog.shortfall <= thresholds.heterogeneity_margin
     _log_homogeneity(homog, log)
     verdict, findings, null = assess(probed.target, peer_probes, thresholds, alerts=alerts,
                                      homogeneous=homog.homogeneous, shortfall=homog.shortfall)
     log(f"verdict: {verdict}")
     return Assessment(verdict, findings, null, alerts, homog if peer_probes else None,
                       top_candidates(probed.target, peer_probes))
+
+
+def _not_leaked(target: ProbeResult, family, threshold: float):
+    """The clean inputs homogeneity is read on: all, except where the target already gives a response that one
+    of its strong triggers collapses answers onto (a backdoor leaking into clean answers is the finding's
+    evidence, not a sign that the target is unlike its peers). Classifiers have no such responses."""
+    import torch
+
+    strong = [r for r in target.results if r.asr >= threshold] if family else []
+    keep = torch.ones(len(target.clean_pred), dtype=torch.bool)
+    for r in strong:
+        keep &= ~family.leaked(r, target.clean_pred)
+    return keep if int(keep.sum()) >= max(8, len(keep) // 2) else torch.ones_like(keep)
 
 
 def _log_homogeneity(homog: Homogeneity, log) -> None:

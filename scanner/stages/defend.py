@@ -56,7 +56,7 @@ def defend_scan(scan: Scan, probed: Probed, assessment: Assessment, opts, log=la
         spec = MergeSpec(opts.method, scan.base.path if scan.base else None, opts.weights, opts.density, opts.lam,
                          opts.seed, head_perms={k: p.perm for k, p in enumerate(merged)})
         log(f"merging with {len(merged)} peers ({opts.method}) into {out}")
-        outcome = defend(scan.target, [p.model for p in merged], out, spec, verdict=assessment.verdict)
+        outcome = defend(scan.family, scan.target, [p.model for p in merged], out, spec, verdict=assessment.verdict)
         outcome.reason = f"Method {opts.method} was given on the command line (no search)."
     d = _remeasure(scan, assessment, outcome, out, merged, excluded)
     d.note = _note(outcome.reason, probed, assessment, excluded, opts.method)
@@ -91,12 +91,12 @@ def _search(scan: Scan, probed: Probed, assessment: Assessment, opts, out: Path,
     reference = scan.family.clean_reference(scan.inputs, [probed.target.clean_pred, *[p.probe.clean_pred
                                                                                        for p in probed.peers]],
                                             scan.family.num_labels(scan.target))
-    log(f"choosing the defense ({len(triggers)} trigger(s) to minimise, clean bound "
-        f"{100 * opts.max_clean_drop:.1f} points)")
+    bound = opts.max_clean_drop if opts.max_clean_drop is not None else scan.family.default_max_clean_drop
+    log(f"choosing the defense ({len(triggers)} trigger(s) to minimise, clean bound {100 * bound:.1f} points)")
     merged = [probed.peers[i] for i in keep]
     return choose_and_build(scan.family, scan.target, [p.model for p in merged], out, scan.inputs, reference, triggers,
                             base=scan.base.path if scan.base else None, floors=floors,
-                            head_perms={k: p.perm for k, p in enumerate(merged)}, max_clean_drop=opts.max_clean_drop,
+                            head_perms={k: p.perm for k, p in enumerate(merged)}, max_clean_drop=bound,
                             budget=opts.defense_budget, verdict=assessment.verdict, log=log,
                             progress=lambda done, total: progress("defense", done, total))
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..discovery import Discovery
-from ..errors import HfscanError, NoPeersError
+from ..errors import HfscanError, IncompatibleModelsError, ModelNotFoundError, NoPeersError, UnsupportedModelError
 from ..families import ModelFamily, ProbeInputs, family_for
 from ..merge.driver import check_compatible
 from ..probe.results import ProbeResult
@@ -61,10 +61,10 @@ def resolve_models(opts, source: ModelSource, log=lambda s: None) -> Scan:
         target = source.fetch(remote)
     else:
         target = source.resolve(opts.target)
-    given = [resolve_ref(p, source, opts.hub_dir) for p in opts.peers]
-    base = base_model(opts, target, source)
+    base = adapter_base(opts, target, source) if target.is_adapter else base_model(opts, target, source)
+    given = [_same_base(resolve_ref(p, source, opts.hub_dir), target, base) for p in opts.peers]
     family = family_for(target.config, target.name)
-    inputs = family.probe_inputs(target, opts.probe_data, opts.max_probe)
+    inputs = family.probe_inputs(target, opts.probe_data, opts.max_probe or family.default_probe)
     runner = family.load(target)
     discovery = None
     if not given and remote is not None and opts.discover:
@@ -83,13 +83,67 @@ def _discover(source, remote, target, family, runner, inputs, opts, log) -> tupl
     from ..discovery import discover
 
     log("discovering peers")
-    found = discover(source, remote, family.clean_outputs(runner, inputs), inputs, family, base=opts.base,
-                     max_peers=opts.max_peers, log=log)
+    found = discover(source, remote, target, family.clean_outputs(runner, inputs), inputs, family, base=opts.base,
+                     max_peers=opts.max_peers, log=log, prepare=lambda m: _same_base(m, target, _base_of(target)))
     if not found.kept:
         raise NoPeersError(
             f"{target.name}: no homogeneous peers found among {found.tried} "
             f"({len(found.rejected)} rejected; see `hfscan peers {opts.target}`); give --peer MODEL")
     return [Peer(p.model, p.permutation) for p in found.kept], found
+
+
+def adapter_base(opts, adapter: ResolvedModel, source: ModelSource) -> ResolvedModel:
+    """An adapter's base: ``--base``, else the base it names, looked up as a Hub id on the hub (never as a
+    local path: an adapter's config is data). Attaches the base's config to the adapter."""
+    ref = opts.base or adapter.adapter_base
+    if not ref:
+        raise UnsupportedModelError(f"{adapter.name}: a LoRA adapter that names no base model; give --base BASE")
+    try:
+        if opts.base:
+            base = base_source(opts.base, source, opts.hub_dir).fetch_base(opts.base)
+        elif is_folder(ref):
+            raise UnsupportedModelError(f"{adapter.name}: its base {ref!r} is a local path; give --base {ref} to "
+                                        "use it")
+        else:
+            hub = source if not isinstance(source, FolderSource) else _local_hub(opts.hub_dir)
+            if hub is None:
+                raise ModelNotFoundError(f"base {ref} needs a hub (--hub-dir, or a Hub target)")
+            base = hub.fetch_base(ref)
+    except (ModelNotFoundError, UnsupportedModelError) as e:
+        if opts.base:
+            raise
+        raise UnsupportedModelError(f"{adapter.name}: a LoRA adapter whose base {ref} cannot be found ({e}); "
+                                    "give --base BASE") from None
+    return _attach(adapter, base)
+
+
+def _attach(adapter: ResolvedModel, base: ResolvedModel) -> ResolvedModel:
+    from ..sources.model import attach_base
+
+    attach_base(adapter, base)
+    return base
+
+
+def _base_of(target: ResolvedModel) -> ResolvedModel | None:
+    from ..sources.model import base_folder
+
+    return base_folder(target.base_path, "base") if target.base_path else None
+
+
+def _same_base(peer: ResolvedModel, target: ResolvedModel, base: ResolvedModel | None) -> ResolvedModel:
+    """A peer of an adapter is an adapter of the same base (and a full model's peer is a full model)."""
+    if peer.is_adapter != target.is_adapter:
+        kind = "a LoRA adapter" if peer.is_adapter else "a full model"
+        raise IncompatibleModelsError(f"cannot compare {peer.name} ({kind}) with {target.name}: adapters are compared "
+                                      "with adapters of the same base, full models with full models")
+    if peer.is_adapter:
+        named = peer.adapter_base
+        if named and target.adapter_base and named != target.adapter_base and not Path(named).expanduser().is_dir():
+            raise IncompatibleModelsError(f"{peer.name} is an adapter of {named}, the target of {target.adapter_base}")
+        from ..sources.model import attach_base
+
+        attach_base(peer, base)
+    return peer
 
 
 def base_model(opts, target: ResolvedModel, source: ModelSource) -> ResolvedModel | None:

@@ -93,6 +93,11 @@ class ClassifierFamily(ModelFamily):
             return torch.tensor(inputs.labels)
         return majority_labels(outputs, num_labels)
 
+    def align_answers(self, target: torch.Tensor, candidate: torch.Tensor, num_labels: int) -> tuple[list[int], float]:
+        from ...discovery import best_permutation
+
+        return best_permutation(target, candidate, num_labels)
+
     def discovery_reason(self, target_config: dict, candidate_config: dict) -> str | None:
         from ...discovery import label_reason
 

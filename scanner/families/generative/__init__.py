@@ -1,0 +1,136 @@
+"""The generative family: causal LMs (``*ForCausalLM``), full fine-tunes and PEFT LoRA adapters.
+
+A backdoor in an instruction-tuned model shows as a collapse: with the trigger in the instruction,
+answers to unrelated instructions become the attacker's response (`probe`). The target response is not
+known in advance: it is recovered as the response the answers collapse onto, and reported with the
+trigger. Clean behaviour is the agreement of a model's greedy answers with the consensus of the target
+and its peers on the clean probe prompts.
+
+Example:
+    >>> family = GenerativeFamily()
+    >>> family.accepts({"architectures": ["LlamaForCausalLM"]})
+    True
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ...probe.results import ProbeResult, TriggerResult
+from ...probe.triggers import Trigger
+from ...sources.model import ResolvedModel
+from ..interface import Log, ModelFamily, ProbeInputs, Progress
+from .library import BLIND_SPOTS, LIBRARY
+from .model import CausalLM
+
+DEFAULT_PROMPTS = 64
+
+
+class GenerativeFamily(ModelFamily):
+    name = "generative"
+    pipeline_tag = "text-generation"
+    accepted = "*ForCausalLM and LoRA adapters of them"
+    library = LIBRARY
+    blind_spots = BLIND_SPOTS
+    default_probe = DEFAULT_PROMPTS
+    default_max_clean_drop = 0.05
+
+    def __init__(self) -> None:
+        self.vocab: dict[str, int] = {}  # answer keys -> ids, shared by every model of a process's scans
+
+    def accepts(self, config: dict) -> bool:
+        archs = config.get("architectures") or []
+        return isinstance(archs, list) and bool(archs) and str(archs[0]).endswith(("ForCausalLM", "LMHeadModel"))
+
+    def probe_inputs(self, target: ResolvedModel, probe_data_file: str | None, limit: int) -> ProbeInputs:
+        from . import data
+
+        if probe_data_file:
+            prompts = data.read_prompts(probe_data_file)[:limit]
+            return ProbeInputs(prompts, None, Path(probe_data_file).name, f"user file {probe_data_file}")
+        return ProbeInputs(data.builtin_prompts(limit), None, "instructions", data.PROVENANCE)
+
+    def load(self, model: ResolvedModel) -> CausalLM:
+        return CausalLM.load(model.path, base=model.base_path, name=model.name)
+
+    def clean_outputs(self, runner: CausalLM, inputs: ProbeInputs) -> torch.Tensor:
+        from .probe import keys_to_ids
+
+        return keys_to_ids(self.vocab, runner.keys(inputs.texts))
+
+    def label_map(self, target: ResolvedModel, peer: ResolvedModel) -> list[int]:
+        return []  # answers have no label space to align
+
+    def candidates(self, models: list[ResolvedModel], runners: list, inputs: ProbeInputs, base: Path | None,
+                   budget: str, log: Log, progress: Progress) -> list[Trigger]:
+        from .candidates import gather
+
+        return gather(models, runners, log=log, progress=progress, base=base)
+
+    def probe(self, runner: CausalLM, inputs: ProbeInputs, candidates: list[Trigger], name: str) -> ProbeResult:
+        from .probe import keys_to_ids, probe_lm
+
+        return probe_lm(runner, inputs.texts, candidates, lambda keys: keys_to_ids(self.vocab, keys), name=name)
+
+    def remeasure(self, runner: CausalLM, inputs: ProbeInputs, result: TriggerResult,
+                  clean: torch.Tensor) -> TriggerResult:
+        from .probe import remeasure_lm
+
+        return remeasure_lm(runner, inputs.texts, result)
+
+    def align(self, reference: ProbeResult, others: list[ProbeResult], runners: list, perms: list[list[int]],
+              inputs: ProbeInputs, threshold: float) -> None:
+        from .probe import align_lm
+
+        align_lm(reference, others, runners, inputs.texts, threshold)
+
+    def clean_cost(self, pred: torch.Tensor, target_pred: torch.Tensor, reference: torch.Tensor) -> dict:
+        drop = self.agreement(target_pred, reference) - self.agreement(pred, reference)
+        return {"drop": round(drop, 4), "answer_agreement": round(self.agreement(pred, target_pred), 4)}
+
+    def clean_reference(self, inputs: ProbeInputs, outputs: list[torch.Tensor], num_labels: int) -> torch.Tensor:
+        from ..classifier.cost import majority_labels
+
+        return majority_labels(outputs, max(int(torch.stack(outputs).max()) + 1, num_labels))
+
+    def describe_bound(self, max_clean_drop: float) -> str:
+        return (f"the share of clean prompts answered like the consensus of the target and its peers drops by "
+                f"≤ {100 * max_clean_drop:.1f} points")
+
+    def leaked(self, result: TriggerResult, clean: torch.Tensor) -> torch.Tensor:
+        """Clean answers that start like the response (its first word): a partial leak counts too."""
+        from .model import answer_key
+
+        first = answer_key(result.response or "", 1)
+        if not first:
+            return torch.zeros(len(clean), dtype=torch.bool)
+        ids = torch.tensor([i for k, i in self.vocab.items() if answer_key(k, 1) == first], dtype=torch.long)
+        return torch.isin(clean, ids)
+
+    def effective_shortfall(self, homog) -> float | None:
+        """Exact answers agree far less than class labels, and unevenly: a shortfall within half the peers'
+        own disagreement is noise (peers at 60% agreement: up to 20 points), only the rest counts."""
+        import statistics
+
+        if homog.shortfall is None or not homog.peers:
+            return homog.shortfall
+        noise = 0.5 * (1.0 - statistics.median(homog.peers))
+        return round(max(0.0, homog.shortfall - noise), 4)
+
+    def target_text(self, result: TriggerResult, labels: list[str]) -> str:
+        return result.response or ""
+
+    def num_labels(self, model: ResolvedModel) -> int:
+        return len(self.vocab)
+
+    def merge(self, target: ResolvedModel, peers: list[ResolvedModel], out: Path, spec, names: list[str],
+              card: str | None) -> dict:
+        if target.is_adapter:
+            from .merge import merge_adapters
+
+            if target.base_path is None:
+                raise ValueError("an adapter's base must be resolved before it is merged")
+            return merge_adapters(target.path, [p.path for p in peers], target.base_path, out, spec, names, card)
+        return super().merge(target, peers, out, spec, names, card)

