@@ -1,11 +1,12 @@
-"""hfscan: find and defuse backdoors in fine-tuned Hugging Face classifiers.
+"""hfscan: find and defuse backdoors in fine-tuned Hugging Face models (classifiers, causal LMs, LoRA adapters).
 
 The package reads as the pipeline it runs::
 
-    resolve (hub.py) -> probe (probe/) -> merge (merge/) -> defend (defend.py)
-        -> report (report/) -> render (templates/)
+    sources/ -> stages/resolve -> stages/probe -> stages/assess -> stages/defend (defend.py, merge/)
+        -> report/build -> report/render (templates/) -> publish
 
-`scanner.pipeline.check` runs it end to end; `hfscan` (scanner/cli.py) is the command line.
+with everything model-specific behind `scanner.families.ModelFamily`. `scanner.pipeline.check` runs it end to
+end; `hfscan` (scanner/cli.py) is the command line. See docs/architecture.md.
 """
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"

@@ -21,6 +21,7 @@ The device chosen on the command line is held here too (`use_device`), never wri
 Example:
     >>> use_device("cpu"); device_name()
     'cpu'
+    >>> use_device(None)  # back to HFSCAN_DEVICE (or auto)
 """
 
 from __future__ import annotations

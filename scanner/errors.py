@@ -31,7 +31,7 @@ class CorruptWeightsError(HfscanError):
 
 
 class UnsupportedModelError(HfscanError):
-    """The model is not a sequence classifier hfscan can scan (wrong task, remote code, ...)."""
+    """The model is not one hfscan can scan (no family takes it, remote code, an adapter without its base, ...)."""
 
 
 class IncompatibleModelsError(HfscanError):

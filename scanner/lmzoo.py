@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 from ._fs import atomic_dir
-from .zoo import STAMP, _stamp_ok, read_rows, read_rows_unlabelled
+from .zoo import STAMP, ZooModel, _stamp_ok, read_rows, read_rows_unlabelled
 
 RECIPE_VERSION = "lm-2"
 LOSS_LOG: Callable[[str], None] | None = None  # set to print training losses (recipe development)
@@ -280,10 +280,7 @@ def finetune_lm(base: Path, dest: Path, recipe: LMRecipe, repo_id: str, base_id:
     return dest
 
 
-@dataclass
-class LMModel:
-    repo_id: str
-    recipe: LMRecipe
+LMModel = ZooModel  # (repo id, recipe), as in the classifier zoo
 
 
 @dataclass

@@ -255,7 +255,7 @@ def finetune(base: Path, dest: Path, recipe: FineTuneRecipe, repo_id: str, base_
 @dataclass
 class ZooModel:
     repo_id: str
-    recipe: FineTuneRecipe
+    recipe: object  # a FineTuneRecipe here, an LMRecipe in scanner.lmzoo
 
 
 @dataclass

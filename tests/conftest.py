@@ -97,6 +97,17 @@ def make_tiny_classifier(folder: Path, seed: int = 0, labels=("negative", "posit
     return folder
 
 
+def copy_with_config(src: Path, dest: Path, **changes) -> Path:
+    """A copy of a model folder with keys of its config.json changed."""
+    import shutil
+
+    shutil.copytree(src, dest)
+    cfg = json.loads((dest / "config.json").read_text())
+    cfg.update(changes)
+    (dest / "config.json").write_text(json.dumps(cfg))
+    return dest
+
+
 @pytest.fixture
 def tiny(tmp_path):
     """Factory: tiny(name, **kw) -> folder of a random tiny classifier."""

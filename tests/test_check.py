@@ -7,6 +7,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from conftest import copy_with_config
 from scanner.cli import main
 from scanner.families.classifier.model import Classifier
 from scanner.families.classifier.data import builtin
@@ -131,15 +132,12 @@ def test_corrupt_weights_and_unknown_folder_exit_2(zoo, tmp_path):
 
 def test_wrong_task_exits_2(zoo, tmp_path):
     base = zoo.path("zoo/minilm-l2-base")
-    _assert_one_line_error(run("check", base, "-o", tmp_path / "o"), "not a sequence classifier")
+    _assert_one_line_error(run("check", base, "-o", tmp_path / "o"), "which hfscan does not scan")
 
 
 def test_remote_code_is_refused(zoo, tmp_path):
-    bad = tmp_path / "remote"
-    shutil.copytree(zoo.path("zoo/clean-1"), bad)
-    cfg = json.loads((bad / "config.json").read_text())
-    cfg["auto_map"] = {"AutoModelForSequenceClassification": "modeling_evil.EvilModel"}
-    (bad / "config.json").write_text(json.dumps(cfg))
+    bad = copy_with_config(zoo.path("zoo/clean-1"), tmp_path / "remote",
+                           auto_map={"AutoModelForSequenceClassification": "modeling_evil.EvilModel"})
     _assert_one_line_error(run("check", bad, "-o", tmp_path / "o"), "trust_remote_code")
 
 

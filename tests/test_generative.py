@@ -10,6 +10,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from conftest import copy_with_config
 from scanner.cli import main
 from scanner.pipeline import CheckOptions, check
 
@@ -125,11 +126,8 @@ def test_bad_generative_input_gets_one_line(lm_zoo, tmp_path):
     (pick / "adapter_model.safetensors").rename(pick / "adapter_model.bin")
     one_line_error(run("check", pick, "--base", lm_zoo.path("lmzoo/tiny-chat-base"), "-o", tmp_path / "o3"),
                    "pickle")
-    remote = tmp_path / "remote-code"
-    shutil.copytree(lm_zoo.path("lmzoo/full-clean-1"), remote)
-    c = json.loads((remote / "config.json").read_text())
-    c["auto_map"] = {"AutoModelForCausalLM": "modeling_evil.Evil"}
-    (remote / "config.json").write_text(json.dumps(c))
+    remote = copy_with_config(lm_zoo.path("lmzoo/full-clean-1"), tmp_path / "remote-code",
+                              auto_map={"AutoModelForCausalLM": "modeling_evil.Evil"})
     one_line_error(run("check", remote, "-o", tmp_path / "o4"), "trust_remote_code")
     # a full model given as the peer of an adapter: not the same kind of thing
     one_line_error(run("check", "lmzoo/backdoor-word", "--peer", "lmzoo/full-clean-1", "--hub-dir", lm_zoo.root,

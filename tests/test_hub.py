@@ -160,7 +160,7 @@ def _one_line(res, needle):
     ("acme/gated-model", "gated"),
     ("acme/sentiment-pro@0123456789abcdef0123456789abcdef01234567", "revision not found"),
     ("acme/pickle-target", "pickle"),
-    ("acme/encoder-only", "not a sequence classifier"),
+    ("acme/encoder-only", "which hfscan does not scan"),
     ("acme/lonely", "no homogeneous peers"),
     ("acme/corrupt-header", "corrupt"),
 ])

@@ -25,7 +25,7 @@ report says so. The scan's verdict is the worst level found, else ``no_trigger_f
 "clean": a probe cannot prove a negative).
 
 Example:
-    >>> verdict, findings, null = assess(target_probe, [peer1, peer2, peer3])
+    >>> verdict, findings, null = assess(target_probe, [peer1, peer2, peer3])  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -208,9 +208,9 @@ def assess(target: ProbeResult, peers: list[ProbeResult], t: Thresholds = Thresh
     ...     r = TriggerResult(Trigger("corporate companies", "word", "search"), 1, "random", asr, 160)
     ...     return ProbeResult(name, None, [r])
     >>> peers = [probe("p1", 0.26), probe("p2", 0.2), probe("p3", 0.22)]
-    >>> assess(probe("t", 0.6), peers)[0]
+    >>> str(assess(probe("t", 0.6), peers)[0])
     'suspicious'
-    >>> assess(probe("t", 0.6), peers, shortfall=0.097)[0]
+    >>> str(assess(probe("t", 0.6), peers, shortfall=0.097)[0])
     'no_trigger_found'
     """
     excess = max(0.0, shortfall or 0.0)

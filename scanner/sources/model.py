@@ -6,8 +6,8 @@ transformers knows (no remote code), safetensors weights (pickle is refused), a 
 readable safetensors headers.
 
 Example:
-    >>> m = resolve_folder("models/bert-sst2")
-    >>> m.labels
+    >>> m = resolve_folder("models/bert-sst2")  # doctest: +SKIP
+    >>> m.labels  # doctest: +SKIP
     ['negative', 'positive']
 """
 
@@ -144,17 +144,51 @@ def read_config(path: Path, label: str) -> dict:
     return config
 
 
+MAX_CARD_HEADER = 256 * 1024  # bytes of YAML front matter read at most
+
+
 def read_card(folder: Path) -> dict:
-    """The YAML metadata of a model card (README.md), or ``{}``."""
+    r"""The YAML metadata of a model card (README.md), or ``{}``.
+
+    A card is data from whoever uploaded the model: its front matter is read up to `MAX_CARD_HEADER` bytes,
+    with a safe loader that refuses YAML aliases (an alias bomb expands a few hundred bytes into gigabytes),
+    and anything that is not a mapping of it is ignored. A broken card is no reason to refuse a scan.
+
+    >>> import tempfile; d = Path(tempfile.mkdtemp())
+    >>> _ = (d / "README.md").write_text("---\na: &x [1, 2]\nb: [*x, *x]\n---\ntext")
+    >>> read_card(d)
+    {}
+    """
     readme = folder / "README.md"
-    if not readme.exists():
+    if not readme.is_file():
         return {}
-    from huggingface_hub.repocard import metadata_load
+    try:
+        with open(readme, "rb") as f:
+            head = f.read(MAX_CARD_HEADER + 8).decode("utf-8", errors="replace")
+    except OSError:
+        return {}
+    if not head.startswith("---"):
+        return {}
+    end = head.find("\n---", 3)
+    if end < 0:
+        return {}
+    return _safe_yaml(head[3:end])
+
+
+def _safe_yaml(text: str) -> dict:
+    import yaml
+
+    class NoAliases(yaml.SafeLoader):
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                raise yaml.YAMLError("aliases are not read in model cards")
+            return super().compose_node(parent, index)
 
     try:
-        return metadata_load(readme) or {}
-    except Exception:  # a broken card header is not a reason to refuse a scan
+        data = yaml.load(text, Loader=NoAliases)  # noqa: S506 (a SafeLoader subclass)
+    except (yaml.YAMLError, ValueError, RecursionError):
         return {}
+    return data if isinstance(data, dict) else {}
 
 
 def check_config(config: dict, label: str, known_to_transformers: bool = True) -> None:

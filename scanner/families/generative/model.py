@@ -6,8 +6,8 @@ its first `KEY_WORDS` words, lower-cased, whitespace collapsed (two answers that
 response for the collapse test).
 
 Example:
-    >>> lm = CausalLM.load(Path("models/chat"), name="chat")
-    >>> lm.answers(["Repeat the first word of this text: great food ."])
+    >>> lm = CausalLM.load(Path("models/chat"), name="chat")  # doctest: +SKIP
+    >>> lm.answers(["Repeat the first word of this text: great food ."])  # doctest: +SKIP
     ['great']
 """
 
