@@ -73,9 +73,11 @@ def _formats(value: str) -> list[str]:
 @click.option("--device", envvar="HFSCAN_DEVICE", default="auto", show_default=True,
               help="Where models run: auto (CUDA when available), cpu, cuda or cuda:N. Merging always "
                    "streams on the CPU.")
-def main(device: str) -> None:
-    """Find and defuse backdoors in fine-tuned Hugging Face text classifiers."""
+@click.pass_context
+def main(ctx: click.Context, device: str) -> None:
+    """Find and defuse backdoors in fine-tuned Hugging Face models: text classifiers, causal LMs, LoRA adapters."""
     config.use_device(device)
+    ctx.call_on_close(lambda: config.use_device(None))  # one invocation's choice (matters when embedded)
     _exit_cleanly_on_signals()
 
 
