@@ -24,7 +24,7 @@ def run(*args):
 
 def one_line_error(res, needle: str) -> None:
     assert res.exit_code == 2, res.output
-    err = res.stderr.strip().splitlines()
+    err = [line for line in res.stderr.strip().splitlines() if not line.startswith("· ")]  # log lines aside
     assert len(err) == 1 and err[0].startswith("hfscan: error:") and needle in err[0], res.stderr
     assert "Traceback" not in res.output + res.stderr
 

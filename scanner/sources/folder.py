@@ -19,13 +19,17 @@ from .interface import ModelSource
 from .model import RemoteModel, ResolvedModel, base_folder, read_card, resolve_folder
 
 
+def _missing(ref: str) -> str:
+    return f"{ref}: no such model folder, and not a valid Hub model id (org/name)"
+
+
 class FolderSource(ModelSource):
     location = "local folders"
 
     def describe(self, ref: str, headers: bool = True) -> RemoteModel:
         folder = Path(ref).expanduser()
         if not folder.is_dir():
-            raise ModelNotFoundError(f"{ref}: no such model folder")
+            raise ModelNotFoundError(_missing(ref))
         files = sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
         card = read_card(folder)
         remote = RemoteModel(str(folder), sha="", revision=None, files=files, card=card,
@@ -41,7 +45,7 @@ class FolderSource(ModelSource):
     def resolve(self, ref: str, loadable: bool = True) -> ResolvedModel:
         folder = Path(ref).expanduser()
         if not folder.is_dir():
-            raise ModelNotFoundError(f"{ref}: no such model folder")
+            raise ModelNotFoundError(_missing(ref))
         return resolve_folder(folder, ref=ref, loadable=loadable)
 
     def load_config(self, remote: RemoteModel) -> dict:
