@@ -97,6 +97,14 @@ def make_tiny_classifier(folder: Path, seed: int = 0, labels=("negative", "posit
     return folder
 
 
+def one_line_error(res, needle: str) -> None:
+    """The CLI failed with exit 2 and exactly one ``hfscan: error:`` line (log lines aside), no traceback."""
+    assert res.exit_code == 2, res.output
+    err = [line for line in res.stderr.strip().splitlines() if not line.startswith("· ")]
+    assert len(err) == 1 and err[0].startswith("hfscan: error:") and needle in err[0], res.stderr
+    assert "Traceback" not in res.output + res.stderr
+
+
 def copy_with_config(src: Path, dest: Path, **changes) -> Path:
     """A copy of a model folder with keys of its config.json changed."""
     import shutil

@@ -10,7 +10,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from conftest import copy_with_config
+from conftest import copy_with_config, one_line_error
 from scanner.cli import main
 from scanner.pipeline import CheckOptions, check
 
@@ -20,12 +20,6 @@ CLEAN = ["lmzoo/clean-1", "lmzoo/clean-2", "lmzoo/clean-3"]
 def run(*args):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
-
-def one_line_error(res, needle: str) -> None:
-    assert res.exit_code == 2, res.output
-    err = [line for line in res.stderr.strip().splitlines() if not line.startswith("· ")]  # log lines aside
-    assert len(err) == 1 and err[0].startswith("hfscan: error:") and needle in err[0], res.stderr
-    assert "Traceback" not in res.output + res.stderr
 
 
 @pytest.fixture(scope="session")

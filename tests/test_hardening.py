@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from conftest import one_line_error
+
 from scanner.cli import main
 from scanner.report.card import END, START, CardUnsafeError, upsert_section
 
@@ -21,12 +23,6 @@ from scanner.report.card import END, START, CardUnsafeError, upsert_section
 def run(*args):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
-
-def one_line_error(res, needle: str) -> None:
-    assert res.exit_code == 2, res.output
-    err = [line for line in res.stderr.strip().splitlines() if not line.startswith("· ")]  # log lines aside
-    assert len(err) == 1 and err[0].startswith("hfscan: error:") and needle in err[0], res.stderr
-    assert "Traceback" not in res.output + res.stderr
 
 
 def test_merge_never_replaces_a_folder_it_did_not_write(tiny, tmp_path):

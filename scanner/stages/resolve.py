@@ -68,7 +68,7 @@ def resolve_models(opts, source: ModelSource, log=lambda s: None) -> Scan:
     runner = family.load(target)
     discovery = None
     if not given and remote is not None and opts.discover:
-        peers, discovery = _discover(source, remote, target, family, runner, inputs, opts, log)
+        peers, discovery = _discover(source, remote, target, base, family, runner, inputs, opts, log)
     else:
         peers = [Peer(p, family.label_map(target, p)) for p in given]
     if peers:  # the same tensors and the same label space (possibly reordered)
@@ -79,12 +79,12 @@ def resolve_models(opts, source: ModelSource, log=lambda s: None) -> Scan:
     return Scan(family, source, target, runner, inputs, peers, base, discovery)
 
 
-def _discover(source, remote, target, family, runner, inputs, opts, log) -> tuple[list[Peer], Discovery]:
+def _discover(source, remote, target, base, family, runner, inputs, opts, log) -> tuple[list[Peer], Discovery]:
     from ..discovery import discover
 
     log("discovering peers")
     found = discover(source, remote, target, family.clean_outputs(runner, inputs), inputs, family, base=opts.base,
-                     max_peers=opts.max_peers, log=log, prepare=lambda m: _same_base(m, target, _base_of(target)))
+                     max_peers=opts.max_peers, log=log, prepare=lambda m: _same_base(m, target, base))
     if not found.kept:
         raise NoPeersError(
             f"{target.name}: no homogeneous peers found among {found.tried} "
@@ -122,12 +122,6 @@ def _attach(adapter: ResolvedModel, base: ResolvedModel) -> ResolvedModel:
 
     attach_base(adapter, base)
     return base
-
-
-def _base_of(target: ResolvedModel) -> ResolvedModel | None:
-    from ..sources.model import base_folder
-
-    return base_folder(target.base_path, "base") if target.base_path else None
 
 
 def _same_base(peer: ResolvedModel, target: ResolvedModel, base: ResolvedModel | None) -> ResolvedModel:

@@ -13,7 +13,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 
@@ -126,17 +125,3 @@ class CausalLM:
 
     def keys(self, prompts: list[str], tokens: int | None = None) -> list[str]:
         return [answer_key(a) for a in self.answers(prompts, tokens)]
-
-
-def adapter_config(folder: Path) -> dict | None:
-    """A PEFT adapter's ``adapter_config.json``, or ``None`` when the folder holds no adapter."""
-    f = folder / "adapter_config.json"
-    if not f.is_file():
-        return None
-    try:
-        cfg = json.loads(f.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise UnsupportedModelError(f"{folder.name}: adapter_config.json is not valid UTF-8 JSON") from None
-    if not isinstance(cfg, dict):
-        raise UnsupportedModelError(f"{folder.name}: adapter_config.json is not a JSON object")
-    return cfg
