@@ -270,13 +270,12 @@ def _drop_download(cache_dir: Path, repo_id: str) -> None:
 
 
 def write_audit(report: AuditReport, out: Path) -> dict[str, Path]:
-    from .report.render import environment
+    from .report.render import template
 
-    env = environment()
     paths = {"json": out / "audit.json", "md": out / "audit.md", "html": out / "audit.html"}
     atomic_write_text(paths["json"], json.dumps(report.to_dict(), indent=2) + "\n")
-    atomic_write_text(paths["md"], env.get_template("audit.md.j2").render(a=report))
-    atomic_write_text(paths["html"], env.get_template("audit.html.j2").render(a=report))
+    atomic_write_text(paths["md"], template("audit.md.j2").render(a=report))
+    atomic_write_text(paths["html"], template("audit.html.j2").render(a=report))
     return paths
 
 

@@ -15,12 +15,13 @@ import click
 
 from . import __version__, config
 from .errors import HfscanError
+from .report.escape import terminal
 
 EXIT_ERROR = 2
 
 
 def _fail(msg: str) -> None:
-    click.echo(f"hfscan: error: {msg}", err=True)
+    click.echo(f"hfscan: error: {terminal(msg)}", err=True)
     sys.exit(EXIT_ERROR)
 
 
@@ -197,7 +198,7 @@ def check(target, peers, output, formats, sarif_root, hub_dir, probe_data, searc
         for fmt, path in written.items():
             click.echo(f"{fmt:>5}: {path}")
     else:
-        click.echo(f"{report.target.id}: {report.verdict}")
+        click.echo(f"{terminal(report.target.id)}: {report.verdict}")
     sys.exit(report.exit_code)
 
 
@@ -276,7 +277,7 @@ class _Console:
         if self.quiet:
             return
         self._clear()
-        click.echo(f"· [{time.time() - self.t0:5.1f}s] {s}", err=True)
+        click.echo(f"· [{time.time() - self.t0:5.1f}s] {terminal(s)}", err=True)
 
     def progress(self, stage: str, done: int, total: int) -> None:
         if not self.bar or total <= 0:
@@ -295,17 +296,18 @@ class _Console:
 def summary_table(report) -> str:
     from .report.render import pct
 
-    lines = [f"{report.target.id}: {report.verdict.upper().replace('_', ' ')}"]
+    lines = [f"{terminal(report.target.id)}: {report.verdict.upper().replace('_', ' ')}"]
     if report.findings:
         lines.append(f"  {'trigger':<24} {'label':<12} {'pos':<7} {'ASR':>7} {'after':>7} {'peers':>7}")
         for f in report.findings[:10]:
-            lines.append(f"  {f.trigger[:24]:<24} {f.target_label[:12]:<12} {f.position:<7} {pct(f.asr_before):>7} "
+            lines.append(f"  {terminal(f.trigger[:24]):<24} {terminal(f.target_label[:12]):<12} {f.position:<7} "
+                         f"{pct(f.asr_before):>7} "
                          f"{pct(f.asr_after):>7} {pct(f.peer_asr_max):>7}")
     c = report.clean
     lines.append(f"  clean accuracy {pct(c.accuracy_before)} -> {pct(c.accuracy_after)}, "
                  f"agreement after defense {pct(c.agreement_after)}")
     if report.defense:
-        lines.append(f"  defended model ({report.defense.method}): {report.defense.output_dir}")
+        lines.append(f"  defended model ({report.defense.method}): {terminal(report.defense.output_dir)}")
     return "\n".join(lines)
 
 
@@ -334,9 +336,9 @@ def peers(target, hub_dir, base, max_peers, probe_data):
     click.echo(f"{target}: base {found.base}; tried {found.tried}")
     for p in found.kept:
         perm = f", labels mapped {p.permutation}" if p.permutation != sorted(p.permutation) else ""
-        click.echo(f"  kept      {p.remote.repo_id}  (agreement {p.agreement:.2f}, {p.remote.downloads} downloads{perm})")
+        click.echo(f"  kept      {terminal(p.remote.repo_id)}  (agreement {p.agreement:.2f}, {p.remote.downloads} downloads{perm})")
     for r in found.rejected:
-        click.echo(f"  rejected  {r.repo_id}: {r.reason}")
+        click.echo(f"  rejected  {terminal(r.repo_id)}: {terminal(r.reason)}")
     if not found.kept:
         click.echo("no homogeneous peers found; give --peer MODEL to `hfscan check`", err=True)
         sys.exit(EXIT_ERROR)

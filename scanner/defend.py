@@ -46,7 +46,7 @@ import torch
 
 from .merge import MergeSpec, get
 from .probe.results import TriggerResult
-from .report.render import environment
+from .report.render import template
 from .sources.model import ResolvedModel
 
 
@@ -91,9 +91,10 @@ class Candidate:
 
 
 def card_for(target: ResolvedModel, peers: list[ResolvedModel], spec: MergeSpec, verdict: str | None = None) -> str:
-    return environment().get_template("defended_card.md.j2").render(
-        target=target, peers=peers, spec=spec.describe(), verdict=verdict
-    )
+    generative = target.is_adapter or str((target.config.get("architectures") or [""])[0]).endswith("ForCausalLM")
+    return template("defended_card.md.j2").render(
+        target=target, peers=peers, spec=spec.describe(), verdict=verdict,
+        pipeline_tag="text-generation" if generative else "text-classification")
 
 
 def defend(family, target: ResolvedModel, peers: list[ResolvedModel], out: Path, spec: MergeSpec | None = None,

@@ -31,7 +31,8 @@ from . import config
 from .errors import HfscanError
 from .report.card import END, START, CardUnsafeError, upsert_section
 from .report.model import ScanReport
-from .report.render import environment, render
+from .report.escape import Safe
+from .report.render import render, template
 from .weights import SAFE_INDEX, SAFE_SINGLE, StreamingShardWriter, WeightSet
 
 MARKER = "<!-- hfscan:pr target={repo} -->"
@@ -54,8 +55,10 @@ def pr_title(report: ScanReport) -> str:
 
 
 def pr_description(report: ScanReport, repo_id: str, mode: str) -> str:
-    return environment().get_template("pr.md.j2").render(r=report, repo_id=repo_id, mode=mode,
-                                                         marker=MARKER.format(repo=repo_id))
+    generative = (report.target.architecture or "").endswith("ForCausalLM") or any(f.response for f in report.findings)
+    return template("pr.md.j2").render(r=report, repo_id=repo_id, mode=mode, marker=Safe(MARKER.format(repo=repo_id)),
+                                       auto_class="AutoModelForCausalLM" if generative else
+                                       "AutoModelForSequenceClassification")
 
 
 def relayout(defended: Path, target_header: dict, dest: Path) -> list[str]:

@@ -140,6 +140,11 @@ class ScanReport:
     schema_version: str = SCHEMA_VERSION
 
     @property
+    def outcome(self) -> str:
+        """What a finding's trigger leads to, as a column heading: a class label, or a generated response."""
+        return "Target response" if any(f.response is not None for f in self.findings) else "Target label"
+
+    @property
     def exit_code(self) -> int:
         return 0 if self.verdict == "no_trigger_found" else 1
 

@@ -71,7 +71,12 @@ def resolve_models(opts, source: ModelSource, log=lambda s: None) -> Scan:
         peers, discovery = _discover(source, remote, target, base, family, runner, inputs, opts, log)
     else:
         peers = [Peer(p, family.label_map(target, p)) for p in given]
-    if peers:  # the same tensors and the same label space (possibly reordered)
+    if peers and target.is_adapter:  # updates that fit the base; ranks and module sets may differ
+        from ..families.generative.merge import check_adapters
+
+        check_adapters([target.path, *(p.model.path for p in peers)], [target.name, *(p.name for p in peers)],
+                       target.base_path)
+    elif peers:  # the same tensors and the same label space (possibly reordered)
         check_compatible(target.weights(), [p.model.weights() for p in peers], [p.name for p in peers])
     log(f"loading {len(peers)} peers")
     for p in peers:

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from ..._fs import atomic_dir
-from ...errors import HfscanError
+from ...errors import HfscanError, IncompatibleModelsError
 from ...merge import MergeSpec, get
 from ...merge.registry import MergeParams
 from ...weights import StreamingShardWriter, WeightSet
@@ -56,6 +56,36 @@ class Adapter:
 
     def close(self) -> None:
         self.ws.close()
+
+
+def check_adapters(adapters: list[Path], names: list[str], base: Path) -> None:
+    """Refuse an adapter whose updates do not fit the base: a module the base lacks, or a low-rank pair whose
+    product is not the shape of the base tensor it changes. Ranks and target-module sets may differ."""
+    bws = WeightSet.open(base, label="base")
+    try:
+        for folder, name in zip(adapters, names):
+            a = Adapter(folder)
+            try:
+                why = next(filter(None, (_misfit(a, t, bws) for t in sorted(a.a))), None)
+            finally:
+                a.close()
+            if why:
+                raise IncompatibleModelsError(f"cannot merge: {name} {why}")
+    finally:
+        bws.close()
+
+
+def _misfit(a: Adapter, tensor: str, bws: WeightSet) -> str | None:
+    info = bws.header.get(tensor)
+    if info is None:
+        return f"changes {tensor}, which the base does not have (an adapter of another base?)"
+    b_info = a.ws.header.get(a.a[tensor].replace(".lora_A.", ".lora_B."))
+    if b_info is None:
+        return f"has a lora_A without its lora_B for {tensor}"
+    la, lb = a.ws.header[a.a[tensor]].shape, b_info.shape
+    if len(la) != 2 or len(lb) != 2 or la[0] != lb[1] or (lb[0], la[1]) != tuple(info.shape):
+        return f"has an update of shape {list(lb)}x{list(la)} for {tensor}, whose shape in the base is {list(info.shape)}"
+    return None
 
 
 def _base_name(module: str) -> str:
