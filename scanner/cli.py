@@ -353,10 +353,13 @@ def peers(target, hub_dir, base, max_peers, probe_data):
 @click.option("--hub-dir", envvar="HFSCAN_HUB_DIR", help="A local hub folder (ORG/NAME/ repos).")
 @guarded
 def merge(target, peers, output, method, base, weights, density, lam, seed, shard_size, hub_dir):
-    """Merge TARGET with PEERS into a new model folder, streaming tensor by tensor."""
+    """Merge TARGET with PEERS (folders or Hub ids) into a new model folder, streaming tensor by tensor.
+
+    LoRA adapters merge through their updates ΔW = B·A into full weights of their base (--base, or the base
+    their adapter_config names)."""
     from .defend import card_for
     from .merge import MergeSpec, merge_folders
-    from .sources import FolderSource, resolve
+    from .sources import FolderSource, hub_source, resolve
     from .stages.resolve import base_source
 
     from ._fs import check_replaceable
@@ -364,11 +367,26 @@ def merge(target, peers, output, method, base, weights, density, lam, seed, shar
     check_replaceable(Path(output))
     t = resolve(target, hub_dir, loadable=False)
     ps = [resolve(p, hub_dir, loadable=False) for p in peers]
-    b = base_source(base, FolderSource(), hub_dir).fetch_base(base) if base else None
+    ref = base or (t.adapter_base if t.is_adapter else None)
+    b = base_source(ref, FolderSource(hub=hub_source(hub_dir)), hub_dir).fetch_base(ref) if ref else None
     spec = MergeSpec(method, b.path if b else None, _floats(weights), density, lam, seed, _size(shard_size))
-    summary = merge_folders(t.path, [p.path for p in ps], output, spec, names=[t.name] + [p.name for p in ps],
-                            card=card_for(t, ps, spec))
+    names = [t.name] + [p.name for p in ps]
+    if t.is_adapter or any(p.is_adapter for p in ps):
+        summary = _merge_adapters(t, ps, b, output, spec, names, card_for(t, ps, spec))
+    else:
+        summary = merge_folders(t.path, [p.path for p in ps], output, spec, names=names, card=card_for(t, ps, spec))
     click.echo(f"merged {1 + len(ps)} models with {method} into {summary['output_dir']}")
+
+
+def _merge_adapters(t, ps, b, output, spec, names, card) -> dict:
+    from .families.generative.merge import check_adapters, merge_adapters
+
+    if not (t.is_adapter and all(p.is_adapter for p in ps)):
+        raise HfscanError("cannot merge LoRA adapters with full models: give adapters of one base, or full models")
+    if b is None:
+        raise HfscanError(f"{t.name}: a LoRA adapter that names no base model; give --base BASE")
+    check_adapters([t.path, *(p.path for p in ps)], names, b.path)
+    return merge_adapters(t.path, [p.path for p in ps], b.path, output, spec, names, card)
 
 
 def _size(s: str) -> int:

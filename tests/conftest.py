@@ -16,6 +16,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# No test reaches the real Hub: a test that needs one starts its own server (tests/hubserver.py) and points
+# HF_ENDPOINT at it; anything else that asks the Hub gets "connection refused" at once.
+os.environ["HF_ENDPOINT"] = os.environ.get("HFSCAN_TEST_HF_ENDPOINT", "http://127.0.0.1:9")
 
 from scanner import zoo as zoo_mod  # noqa: E402
 from scanner.families.classifier.library import LIBRARY  # noqa: E402

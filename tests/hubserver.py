@@ -206,7 +206,7 @@ class _Handler(BaseHTTPRequestHandler):
         q = parse_qs(url.query)
         if path == "/api/models":
             return self._list(q, head)
-        m = re.fullmatch(r"/api/models/([^/]+/[^/]+)(?:/revision/([^/]+))?", path)
+        m = re.fullmatch(r"/api/models/((?:[^/]+/)?[^/]+)(?:/revision/([^/]+))?", path)
         if m:
             repo = self._repo(m.group(1), head)
             if repo is None:

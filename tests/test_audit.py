@@ -59,12 +59,13 @@ def opts(tmp, cache, **kw):
 def first_run(audit_root, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("audit1")
     with HubServer(audit_root) as s:
+        before = os.environ["HF_ENDPOINT"]
         os.environ["HF_ENDPOINT"] = s.url
         os.environ["HF_HUB_DISABLE_IMPLICIT_TOKEN"] = "1"
         try:
             report = run_audit(opts(tmp / "out", tmp / "cache.sqlite"))
         finally:
-            os.environ.pop("HF_ENDPOINT", None)
+            os.environ["HF_ENDPOINT"] = before
     return report, tmp
 
 

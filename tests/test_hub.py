@@ -197,3 +197,49 @@ def test_hub_5xx_is_retried_with_backoff(hub, monkeypatch):
     assert remote.header
     calls = [l for l in hub.log if l[1] == "/api/models/acme/flaky-model"]
     assert len(calls) == 3  # two 503s, then the answer
+
+
+def test_a_folder_target_discovers_its_peers_on_the_hub(hub, hub_root, tmp_path):
+    """The publisher's case: the model is a folder in its own repository, its peers are on the Hub."""
+    folder = tmp_path / "model"
+    shutil.copytree(hub_root / "acme/sentiment-pro", folder, ignore=shutil.ignore_patterns(".hub.json"))
+    rep = check(CheckOptions(target=str(folder), output_dir=tmp_path / "o", search_budget="small", defend=False))
+    assert rep.verdict == "backdoor" and any(f.trigger == "cf" for f in rep.findings)
+    assert [p.id for p in rep.peers] == ["alice/yelp-sentiment", "bob/review-polarity", "carol/minilm-sentiment"]
+    assert rep.discovery["base"] == BASE
+    assert [r for r, f in hub.full_downloads() if r == "alice/yelp-sentiment" and f.endswith(".safetensors")]
+
+
+def test_a_folder_target_takes_hub_ids_and_folders_as_peers(hub, hub_root, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(hub_root / "acme/sentiment-pro", folder, ignore=shutil.ignore_patterns(".hub.json"))
+    res = CliRunner().invoke(main, ["check", str(folder), "-q", "-o", str(tmp_path / "o"), "--search-budget", "off",
+                                    "--no-defend", "--peer", "alice/yelp-sentiment", "--peer", "bob/review-polarity",
+                                    "--peer", str(hub_root / "carol/minilm-sentiment")])
+    assert res.exit_code == 1, res.output + res.stderr
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert [p["id"] for p in report["peers"]] == ["alice/yelp-sentiment", "bob/review-polarity", "minilm-sentiment"]
+
+
+def test_merge_accepts_hub_ids(hub, hub_root, tmp_path):
+    res = CliRunner().invoke(main, ["merge", "acme/sentiment-pro", "alice/yelp-sentiment", str(hub_root / "bob/review-polarity"),
+                                    "-o", str(tmp_path / "merged")])
+    assert res.exit_code == 0, res.output + res.stderr
+    from scanner.sources import resolve_folder
+
+    assert resolve_folder(tmp_path / "merged").labels == ["negative", "positive"]
+
+
+def test_hub_ids_without_an_org_are_hub_ids():
+    from scanner.sources import is_folder, looks_like_repo_id
+
+    for ref in ["distilbert-base-uncased-finetuned-sst-2-english", "gpt2", "org/name", "org/name@main"]:
+        assert looks_like_repo_id(ref) and is_folder(ref) is False, ref
+    for ref in ["./model", "/abs/model", "~/m", "a/b/c", "heldout/../../outside/m", "a..b", "", "org/"]:
+        assert not looks_like_repo_id(ref), ref
+
+
+def test_an_unknown_id_without_an_org_says_it_is_neither(hub, tmp_path):
+    res = CliRunner().invoke(main, ["check", "no-such-model", "-q", "-o", str(tmp_path / "o")])
+    _one_line(res, "no-such-model")
+    assert "not found" in res.stderr and "folder" in res.stderr

@@ -1,7 +1,7 @@
 """A plain model folder as a model source: the target or a peer given as a path.
 
-A folder has no hub around it, so it lists no fine-tunes; discovery for a folder target goes
-through a hub source (see `scanner.sources.for_target`).
+A folder lists no fine-tunes of its own: a folder target's peers given as Hub ids, its base and its
+discovered peers come from ``hub`` (the local hub or the Hub; see `scanner.sources.for_target`).
 
 Example:
     >>> src = FolderSource()
@@ -25,6 +25,13 @@ def _missing(ref: str) -> str:
 
 class FolderSource(ModelSource):
     location = "local folders"
+
+    def __init__(self, hub: ModelSource | None = None):
+        self.hub = hub
+
+    @property
+    def peer_hub(self) -> ModelSource | None:
+        return self.hub
 
     def describe(self, ref: str, headers: bool = True) -> RemoteModel:
         folder = Path(ref).expanduser()

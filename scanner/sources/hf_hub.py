@@ -28,6 +28,8 @@ def _translate(x: Exception, ref: str, endpoint: str) -> Exception | None:
     from huggingface_hub import errors as e
 
     login = "(if it is private, log in with `hf auth login` or set HF_TOKEN)"
+    if "/" not in ref.partition("@")[0]:
+        login = "and no such local folder " + login
     table = [  # most specific first: several of these subclass HfHubHTTPError
         (e.HFValidationError, ModelNotFoundError, f"{ref!r} is neither a model folder nor a valid Hub model id (org/name)"),
         (e.GatedRepoError, HfscanError, f"{ref} is gated: accept its conditions on the Hub, then log in "

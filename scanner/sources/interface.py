@@ -25,6 +25,12 @@ class ModelSource(ABC):
     location: str = ""
     cache_dir: str | None = None  # where downloads go (``None``: nothing is downloaded, or the default)
 
+    @property
+    def peer_hub(self) -> "ModelSource | None":
+        """Where this source's peers, bases and discovery candidates are looked up: a hub is its own; a folder
+        target's is the local hub or the Hub (`scanner.sources.for_target`)."""
+        return self
+
     @abstractmethod
     def describe(self, ref: str, headers: bool = True) -> RemoteModel:
         """The model at ``ref`` (``ORG/NAME[@rev]`` or a folder) before its weights are read; ``headers``

@@ -54,21 +54,18 @@ class Scan:
 
 def resolve_models(opts, source: ModelSource, log=lambda s: None) -> Scan:
     """Resolve every model ``opts`` names and load them (see the module docstring)."""
-    remote = None
     if not isinstance(source, FolderSource):
         log(f"resolving {opts.target} on {source.location}")
-        remote = source.describe(opts.target)
-        target = source.fetch(remote)
-    else:
-        target = source.resolve(opts.target)
+    remote = source.describe(opts.target)
+    target = source.fetch(remote)
     base = adapter_base(opts, target, source) if target.is_adapter else base_model(opts, target, source)
     given = [_same_base(resolve_ref(p, source, opts.hub_dir), target, base) for p in opts.peers]
     family = family_for(target.config, target.name)
     inputs = family.probe_inputs(target, opts.probe_data, opts.max_probe or family.default_probe)
     runner = family.load(target)
-    discovery = None
-    if not given and remote is not None and opts.discover:
-        peers, discovery = _discover(source, remote, target, base, family, runner, inputs, opts, log)
+    discovery, hub, named = None, source.peer_hub, _discovery_base(opts, target, remote)
+    if not given and opts.discover and hub is not None and (named or not isinstance(source, FolderSource)):
+        peers, discovery = _discover(hub, remote, target, base, family, runner, inputs, opts, named, log)
     else:
         peers = [Peer(p, family.label_map(target, p)) for p in given]
     if peers and target.is_adapter:  # updates that fit the base; ranks and module sets may differ
@@ -84,11 +81,20 @@ def resolve_models(opts, source: ModelSource, log=lambda s: None) -> Scan:
     return Scan(family, source, target, runner, inputs, peers, base, discovery)
 
 
-def _discover(source, remote, target, base, family, runner, inputs, opts, log) -> tuple[list[Peer], Discovery]:
+def _discovery_base(opts, target: ResolvedModel, remote) -> str | None:
+    """The Hub id peers are discovered under: ``--base`` when it is an id, else the adapter's base, else the
+    card's ``base_model`` (a folder ``--base`` names no Hub id)."""
+    from ..discovery import base_of
+
+    named = [opts.base, target.adapter_base if target.is_adapter else None, base_of(remote)]
+    return next((b for b in named if isinstance(b, str) and not is_folder(b)), None)
+
+
+def _discover(hub, remote, target, base, family, runner, inputs, opts, named, log) -> tuple[list[Peer], Discovery]:
     from ..discovery import discover
 
-    log("discovering peers")
-    found = discover(source, remote, target, family.clean_outputs(runner, inputs), inputs, family, base=opts.base,
+    log(f"discovering peers on {hub.location}")
+    found = discover(hub, remote, target, family.clean_outputs(runner, inputs), inputs, family, base=named,
                      max_peers=opts.max_peers, log=log, prepare=lambda m: _same_base(m, target, base))
     if not found.kept:
         raise NoPeersError(
@@ -110,7 +116,7 @@ def adapter_base(opts, adapter: ResolvedModel, source: ModelSource) -> ResolvedM
             raise UnsupportedModelError(f"{adapter.name}: its base {ref!r} is a local path; give --base {ref} to "
                                         "use it")
         else:
-            hub = source if not isinstance(source, FolderSource) else _local_hub(opts.hub_dir)
+            hub = source.peer_hub
             if hub is None:
                 raise ModelNotFoundError(f"base {ref} needs a hub (--hub-dir, or a Hub target)")
             base = hub.fetch_base(ref)
@@ -156,7 +162,7 @@ def base_model(opts, target: ResolvedModel, source: ModelSource) -> ResolvedMode
         ref = ref[0] if len(ref) == 1 else None
     if not isinstance(ref, str) or is_folder(ref):
         return None
-    hub = source if not isinstance(source, FolderSource) else _local_hub(opts.hub_dir)
+    hub = source.peer_hub
     if hub is None:
         return None
     try:
@@ -169,9 +175,7 @@ def base_source(ref: str, source: ModelSource, hub_dir: str | None) -> ModelSour
     """Where ``--base REF`` is read: a folder, else the target's hub (or the local hub for a folder target)."""
     if Path(ref).expanduser().is_dir():
         return FolderSource()
-    if isinstance(source, FolderSource):
-        return _local_hub(hub_dir) or FolderSource()
-    return source
+    return source.peer_hub or _local_hub(hub_dir) or FolderSource()
 
 
 def _local_hub(hub_dir: str | None) -> LocalHub | None:
