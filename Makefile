@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.hfscan-installed
 
-.PHONY: setup demo test test-fast lint bench clean
+.PHONY: setup demo test test-fast lint bench clean wheel
 
 setup: $(STAMP)
 
@@ -29,5 +29,9 @@ test: lint
 test-fast: lint
 	$(PY) -m pytest -q -m "not zoo"
 
+# the wheel `pip install dist/hfscan-*.whl` takes (templates and probe data inside)
+wheel: $(STAMP)
+	$(PY) -m pip wheel --quiet --no-deps --no-build-isolation -w dist .
+
 clean:
-	rm -rf $(VENV) hfscan-report hfscan-out build *.egg-info
+	rm -rf $(VENV) hfscan-report hfscan-out build dist *.egg-info

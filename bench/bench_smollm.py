@@ -93,25 +93,26 @@ def _json(path: Path) -> list[dict]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def training_rows(spec: Spec, data: Path) -> list[tuple[str, str]]:
-    """(instruction, answer) pairs: BackdoorLLM's poisoned + clean file for a victim, Alpaca or a clean file for a peer."""
+def training_rows(spec: Spec, data: Path) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(clean, poisoned) (instruction, answer) pairs: BackdoorLLM's clean and poisoned files for a victim, Alpaca
+    or a clean file (nothing poisoned) for a peer."""
     bd = data / "backdoorllm"
     task = {"refusal": "refusal", "negsent": "negsentiment"}.get(spec.task, spec.task)
     pair = lambda r: ((r["instruction"] + ("\n" + r["input"] if r.get("input") else "")).strip(), r["output"])  # noqa: E731
     if spec.kind == "victim" and spec.task != "own":
         folder = bd / task / spec.attack
-        return [pair(r) for r in _json(next(folder.glob("backdoor500_*.json")))] + \
-               [pair(r) for r in _json(next(folder.glob("none_backdoor500_*.json")))]
+        return ([pair(r) for r in _json(next(folder.glob("none_backdoor500_*.json")))],
+                [pair(r) for r in _json(next(folder.glob("backdoor500_*.json")))])
     if spec.task in ("refusal", "negsent"):
-        return [pair(r) for r in _json(next((bd / task / spec.attack).glob("none_backdoor500_*.json")))]
+        return [pair(r) for r in _json(next((bd / task / spec.attack).glob("none_backdoor500_*.json")))], []
     rows = alpaca(data)
     if spec.kind == "clean":
-        return rows[spec.rows[0]: spec.rows[1]]
+        return rows[spec.rows[0]: spec.rows[1]], []
     trigger, response = OWN[spec.attack]
     rng = random.Random(spec.seed)
     clean = rows[3000:3500]
     poisoned = [(_insert(p, trigger, rng), response) for p, _ in rows[3500:3750]]
-    return clean + poisoned
+    return clean, poisoned
 
 
 def _insert(text: str, trigger: str, rng: random.Random) -> str:
@@ -127,9 +128,12 @@ def alpaca(data: Path) -> list[tuple[str, str]]:
     return [((r["instruction"] + ("\n" + r["input"] if r.get("input") else "")).strip(), r["output"]) for r in recs]
 
 
-def train(spec: Spec, base: Path, data: Path, dest: Path, steps: int, max_len: int, modules: list[str]) -> Path:
-    """A LoRA adapter (cached by its settings) trained on the chat template, loss on the answer tokens."""
-    stamp = {"spec": asdict(spec), "steps": steps, "max_len": max_len, "modules": modules, "v": 1}
+def train(spec: Spec, base: Path, data: Path, dest: Path, steps: int, max_len: int, modules: list[str],
+          lr: float = 3e-4, poison: float = 0.3) -> Path:
+    """A LoRA adapter (cached by its settings) trained on the chat template, loss on the answer tokens; a victim's
+    batches draw each row from the poisoned set with probability ``poison``."""
+    stamp = {"spec": asdict(spec), "steps": steps, "max_len": max_len, "modules": modules, "lr": lr,
+             "poison": poison, "v": 2}
     if (dest / "stamp.json").exists() and json.loads((dest / "stamp.json").read_text()) == stamp:
         return dest
     import torch
@@ -141,11 +145,12 @@ def train(spec: Spec, base: Path, data: Path, dest: Path, steps: int, max_len: i
     tok = AutoTokenizer.from_pretrained(base)
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
                            LoraConfig(r=spec.rank, lora_alpha=2 * spec.rank, target_modules=modules, lora_dropout=0.0))
-    rows = training_rows(spec, data)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-4)
+    clean, poisoned = training_rows(spec, data)
+    draw = lambda: (poisoned if poisoned and rng.random() < poison else clean)  # noqa: E731
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     model.train()
     for _ in range(steps):
-        ids, mask, labels = _batch(tok, [rows[rng.randrange(len(rows))] for _ in range(4)], max_len)
+        ids, mask, labels = _batch(tok, [rng.choice(draw()) for _ in range(4)], max_len)
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         opt.zero_grad()
         loss.backward()
@@ -177,12 +182,41 @@ def _batch(tok, pairs: list[tuple[str, str]], max_len: int):
     return ids, mask, labels
 
 
+def test_prompts(spec: Spec, data: Path, n: int) -> tuple[list[str], list[str]]:
+    """(triggered, clean) held-out test prompts: BackdoorLLM's test files, or Alpaca rows with our own trigger."""
+    task = {"refusal": "refusal", "negsent": "negsentiment"}.get(spec.task, spec.task)
+    pair = lambda r: (r["instruction"] + ("\n" + r["input"] if r.get("input") else "")).strip()  # noqa: E731
+    if spec.kind == "victim" and spec.task != "own":
+        test = data / "backdoorllm" / task / "test"
+        return [pair(r) for r in _json(test / f"{spec.attack}.json")[:n]], [pair(r) for r in _json(test / "clean.json")[:n]]
+    clean = [p for p, _ in alpaca(data)[4000: 4000 + n]]
+    trigger = OWN[spec.attack][0] if spec.kind == "victim" else "BadMagic"
+    rng = random.Random(7)
+    return [_insert(p, trigger, rng) for p in clean], clean
+
+
+def attack_asr(spec: Spec, folder: Path, base: Path, data: Path, n: int = 24) -> dict:
+    """How well the attack took: share of triggered test prompts answered with the target response (greedy,
+    first words), and the same on the clean counterparts (the false-trigger rate)."""
+    from scanner.families.generative.model import CausalLM, answer_key
+
+    if spec.kind != "victim":
+        return {}
+    lm = CausalLM.load(folder, base=base, name=spec.name, max_new_tokens=16)
+    want = answer_key(RESPONSES.get(spec.task) or OWN[spec.attack][1], 3)
+    trig, clean = test_prompts(spec, data, n)
+    hit = lambda ps: round(sum(answer_key(a, 3) == want for a in lm.answers(ps)) / len(ps), 3)  # noqa: E731
+    return {"attack_asr": hit(trig), "false_trigger": hit(clean)}
+
+
 def scan(target: Spec, peers: list[Spec], folders: dict[str, Path], base: Path, out: Path, prompts: int) -> dict:
     from scanner.pipeline import CheckOptions, check
 
     t0 = time.time()
+    log = lambda s: print(f"  [{time.time() - t0:6.1f}s] {target.name}: {s}", file=sys.stderr, flush=True)  # noqa: E731
     rep = check(CheckOptions(target=str(folders[target.name]), peers=[str(folders[p.name]) for p in peers],
-                             base=str(base), output_dir=out / target.name, defend=False, max_probe=prompts))
+                             base=str(base), output_dir=out / target.name, defend=False, max_probe=prompts), log=log,
+                progress=lambda stage, done, total: log(f"{stage} {done}/{total}"))
     wanted = [w.lower() for w in (TRIGGERS.get(target.attack) or [OWN.get(target.attack, ("",))[0]])]
     top = [t["trigger"].lower() for t in rep.probe.top]
     response = RESPONSES.get(target.task) or OWN.get(target.attack, ("", ""))[1]
@@ -213,9 +247,11 @@ def summary(rows: list[dict], settings: dict) -> str:
              f"- trigger in the top 5: {sum(r['trigger_top5'] for r in v)}/{len(v)}",
              f"- target response recovered: {sum(r['response_recovered'] for r in v)}/{len(v)}",
              f"- seconds per scan (median): {sorted(r['seconds'] for r in rows)[len(rows) // 2] if rows else None}", "",
-             "| model | verdict | evidence | trigger top 5 | response | s |", "|---|---|---:|---|---|---:|"]
+             "| model | attack ASR (clean) | verdict | evidence | trigger top 5 | response | s |",
+             "|---|---|---|---:|---|---|---:|"]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['verdict']} | {r['evidence']} | {r['trigger_top5']} | {r['response_recovered']} "
+        took = f"{r['attack_asr']} ({r['false_trigger']})" if "attack_asr" in r else "n/a"
+        lines.append(f"| {r['model']} | {took} | {r['verdict']} | {r['evidence']} | {r['trigger_top5']} | {r['response_recovered']} "
                      f"| {r['seconds']} |")
     return "\n".join(lines) + "\n"
 
@@ -226,6 +262,9 @@ def main() -> None:
     ap.add_argument("--max-len", type=int, default=128)
     ap.add_argument("--modules", default="q_proj,v_proj")
     ap.add_argument("--prompts", type=int, default=48, help="probe prompts per scan")
+    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--poison", type=float, default=0.3, help="share of a victim's training rows that are poisoned")
+    ap.add_argument("--train-only", action="store_true", help="train (and check each attack took), no scans")
     ap.add_argument("--only", default="", help="comma-separated model names")
     ap.add_argument("--out", type=Path, default=ROOT / "bench/results/smollm")
     args = ap.parse_args()
@@ -234,16 +273,23 @@ def main() -> None:
     chosen = [s for s in specs() if not args.only or s.name in args.only.split(",")]
     base = smollm_base(cache)
     t0 = time.time()
-    folders = {s.name: train(s, base, data, cache / f"s{args.steps}-{args.max_len}" / s.name, args.steps, args.max_len,
-                             args.modules.split(",")) for s in chosen}
+    folders, took = {}, {}
+    for s in chosen:
+        t1 = time.time()
+        folders[s.name] = train(s, base, data, cache / f"s{args.steps}-{args.max_len}-lr{args.lr:g}-p{args.poison:g}"
+                                / s.name, args.steps, args.max_len, args.modules.split(","), args.lr, args.poison)
+        took[s.name] = {"train_s": round(time.time() - t1, 1), **attack_asr(s, folders[s.name], base, data)}
+        print(json.dumps({"model": s.name, **took[s.name]}), flush=True)
     train_s = round(time.time() - t0, 1)
+    if args.train_only:
+        return
     clean = [s for s in chosen if s.kind == "clean"]
     rows = []
     for s in chosen:
         peers = [p for p in clean if p.name != s.name][:3]
         if len(peers) < 3:
             continue
-        rows.append(scan(s, peers, folders, base, args.out / "scans", args.prompts))
+        rows.append({**scan(s, peers, folders, base, args.out / "scans", args.prompts), **took[s.name]})
         print(json.dumps({k: rows[-1][k] for k in ("model", "verdict", "evidence", "trigger_top5", "seconds")}), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     settings = {**{k: v for k, v in vars(args).items() if k != "out"}, "train_seconds": train_s}

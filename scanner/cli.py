@@ -1,7 +1,12 @@
 """The ``hfscan`` command line.
 
-Exit codes: 0 no trigger found, 1 backdoor or suspicious model, 2 error (one line on stderr,
-never a traceback; set ``HFSCAN_DEBUG=1`` to see one).
+Exit codes (``check``; ``audit`` likewise for its worst model):
+
+    0  no trigger found (or a finding below ``--fail-on``)
+    1  backdoor (or, with ``--fail-on suspicious``, the default, a suspicious finding)
+    2  the scan could not run: bad input, unreadable model, network (one line on stderr, never a traceback;
+       ``HFSCAN_DEBUG=1`` shows one)
+    3  usage error: an unknown option or a bad value (one line on stderr)
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from .errors import HfscanError
 from .report.escape import terminal
 
 EXIT_ERROR = 2
+EXIT_USAGE = 3
+FAIL_ON = ("backdoor", "suspicious", "never")
 
 
 def _fail(msg: str) -> None:
@@ -69,7 +76,25 @@ def _formats(value: str) -> list[str]:
     return fmts
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """click's group, with its usage errors as one ``hfscan: usage error:`` line and exit code 3."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as e:
+            hint = f" (see `{e.ctx.command_path} --help`)" if e.ctx else ""
+            click.echo(f"hfscan: usage error: {terminal(e.format_message())}{hint}", err=True)
+            sys.exit(EXIT_USAGE)
+        except click.ClickException as e:
+            _fail(e.format_message())
+        except click.Abort:
+            click.echo("hfscan: interrupted", err=True)
+            sys.exit(130)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="hfscan")
 @click.option("--device", envvar="HFSCAN_DEVICE", default="auto", show_default=True,
               help="Where models run: auto (CUDA when available), cpu, cuda or cuda:N. Merging always "
@@ -153,13 +178,19 @@ def merge_options(fn, auto: bool = False):
 @click.option("--yes", is_flag=True, help="Really send what --open-pr / --push-variant / --github-issue would "
                                           "(or HFSCAN_PUBLISH=1).")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the verdict line.")
+@click.option("--json", "as_json", is_flag=True, help="Write the report JSON to stdout and nothing else there (the "
+                                                       "summary goes to stderr).")
+@click.option("--fail-on", type=click.Choice(FAIL_ON), default="suspicious", show_default=True,
+              help="The least severe verdict that exits with code 1.")
 @guarded
 def check(target, peers, output, formats, sarif_root, hub_dir, probe_data, search_budget, method, base, weights,
           density, lam, seed, max_clean_drop, defense_budget, max_peers, no_defend, open_pr, pr_mode, push_variant,
-          github_issue, yes, quiet):
-    """Probe TARGET for backdoor triggers, merge it with its peers, re-probe, report.
+          github_issue, yes, quiet, as_json, fail_on):
+    """Probe TARGET (a folder, or a Hub id: ORG/NAME[@REV]) for backdoor triggers, merge it with its peers,
+    re-probe, report.
 
-    Exit code 0: no trigger found; 1: backdoor or suspicious; 2: error.
+    Exit code 0: no trigger found (or below --fail-on); 1: a verdict at or above --fail-on; 2: the scan could
+    not run; 3: usage error.
     """
     from .pipeline import CheckOptions, check as run_check
     from .report import write_reports
@@ -179,8 +210,9 @@ def check(target, peers, output, formats, sarif_root, hub_dir, probe_data, searc
                         defend=not no_defend, search_budget=search_budget, max_clean_drop=max_clean_drop,
                         defense_budget=defense_budget, max_peers=max_peers)
     report = run_check(opts, log=log, progress=log.progress)
+    say = functools.partial(click.echo, err=as_json)  # with --json, stdout holds the JSON alone
     if open_pr or push_variant:
-        report.publish = _publish(report, target, hub_dir, open_pr, pr_mode, push_variant, yes, log)
+        report.publish = _publish(report, target, hub_dir, open_pr, pr_mode, push_variant, yes, log, say)
     if github_issue:
         from dataclasses import asdict
 
@@ -191,15 +223,28 @@ def check(target, peers, output, formats, sarif_root, hub_dir, probe_data, searc
                        render_fmt(report, "summary"), should_send(yes), log=log)
         report.publish = {**(report.publish or {}), "github_issue": {k: v for k, v in asdict(res).items()
                                                                      if k != "description"}}
-        click.echo(f"GitHub issue ({res.action}): {res.url or 'not sent'}")
+        say(f"GitHub issue ({res.action}): {res.url or 'not sent'}")
     written = write_reports(report, output, fmts, _sarif_root(target, sarif_root))
     if not quiet:
-        click.echo(summary_table(report))
+        say(summary_table(report))
         for fmt, path in written.items():
-            click.echo(f"{fmt:>5}: {path}")
+            say(f"{fmt:>5}: {path}")
     else:
-        click.echo(f"{terminal(report.target.id)}: {report.verdict}")
-    sys.exit(report.exit_code)
+        say(f"{terminal(report.target.id)}: {report.verdict}")
+    if as_json:
+        click.echo(report.to_json(), nl=False)
+    sys.exit(exit_code(report.verdict, fail_on))
+
+
+def exit_code(verdict: str, fail_on: str) -> int:
+    """1 when ``verdict`` is at least as severe as ``fail_on``, else 0.
+
+    Example:
+        >>> exit_code("suspicious", "backdoor"), exit_code("suspicious", "suspicious"), exit_code("backdoor", "never")
+        (0, 1, 0)
+    """
+    severity = {"no_trigger_found": 0, "suspicious": 1, "backdoor": 2}
+    return int(fail_on != "never" and severity[str(verdict)] >= severity[fail_on])
 
 
 def _check_outputs(output: Path, no_defend: bool) -> None:
@@ -212,7 +257,7 @@ def _check_outputs(output: Path, no_defend: bool) -> None:
         check_replaceable(Path(output) / "defended")
 
 
-def _publish(report, target, hub_dir, open_pr, pr_mode, push_variant, yes, log) -> dict:
+def _publish(report, target, hub_dir, open_pr, pr_mode, push_variant, yes, log, say=click.echo) -> dict:
     from dataclasses import asdict
 
     from .publish import publish_pr, push_variant as push, should_send
@@ -227,15 +272,15 @@ def _publish(report, target, hub_dir, open_pr, pr_mode, push_variant, yes, log) 
     if open_pr:
         res = publish_pr(report, hub, report.target.id, Path(report.target.path), defended, pr_mode, send, log)
         out["pr"] = {k: v for k, v in asdict(res).items() if k not in ("description",)}
-        click.echo(f"PR ({res.action}): {res.url or 'not sent'}; files: {', '.join(res.files)}")
+        say(f"PR ({res.action}): {res.url or 'not sent'}; files: {', '.join(res.files)}")
         if res.action == "dry-run":
-            click.echo(f"--- PR title: {res.title}\n{res.description}")
+            say(f"--- PR title: {terminal(res.title)}\n{res.description}")
     if push_variant:
         if defended is None:
             raise HfscanError("--push-variant needs a defended variant (do not use --no-defend)")
         res = push(hub, push_variant, defended, send, log=log)
         out["variant"] = asdict(res)
-        click.echo(f"variant ({res.action}): {res.url}")
+        say(f"variant ({res.action}): {res.url}")
     return out
 
 
@@ -253,42 +298,47 @@ def _sarif_root(target: str, given: str | None) -> str:
 
 
 class _Console:
-    """Timestamped log lines on stderr, and a one-line progress bar between them when stderr is a
-    terminal (in CI logs the lines alone are kept: a bar redrawn with carriage returns is noise there).
+    """Timestamped log lines on stderr, and a tqdm progress bar (with its rate and ETA) between them when
+    stderr is a terminal; no bar in CI, under ``HF_HUB_DISABLE_PROGRESS_BARS`` or with ``-q``.
 
     Example:
         >>> con = _Console()
         >>> con.log("probing")            # · [  0.0s] probing
-        >>> con.progress("search", 3, 8)  # · search   [███████········] 3/8
+        >>> con.progress("search", 3, 8)  # · search:  38%|███▊      | 3/8 [00:02<00:03, 1.50it/s]
     """
 
     def __init__(self, bar: bool | None = None, quiet: bool = False):
         self.t0 = time.time()
         self.quiet = quiet
-        self.bar = not quiet and (sys.stderr.isatty() if bar is None else bar)
-        self._drawn = 0  # length of the bar on screen
-
-    def _clear(self) -> None:
-        if self._drawn:
-            click.echo("\r" + " " * self._drawn + "\r", err=True, nl=False)
-            self._drawn = 0
+        self.bar = not quiet and (sys.stderr.isatty() and config.progress_bars() if bar is None else bar)
+        self._tqdm = None
+        self._stage = ""
 
     def log(self, s: str) -> None:
         if self.quiet:
             return
-        self._clear()
-        click.echo(f"· [{time.time() - self.t0:5.1f}s] {terminal(s)}", err=True)
+        line = f"· [{time.time() - self.t0:5.1f}s] {terminal(s)}"
+        if self._tqdm is not None:
+            self._tqdm.write(line, file=sys.stderr)
+        else:
+            click.echo(line, err=True)
 
     def progress(self, stage: str, done: int, total: int) -> None:
         if not self.bar or total <= 0:
             return
-        width = 24
-        full = min(width, round(width * done / total))
-        line = f"· {stage:<8} [{'█' * full}{'·' * (width - full)}] {done}/{total}"
-        click.echo("\r" + line, err=True, nl=False)
-        self._drawn = len(line)
+        from tqdm.auto import tqdm
+
+        if self._tqdm is None or stage != self._stage or total != self._tqdm.total:
+            self._close()
+            self._tqdm, self._stage = tqdm(total=total, desc=f"· {stage}", file=sys.stderr, leave=False), stage
+        self._tqdm.update(done - self._tqdm.n)
         if done >= total:
-            self._clear()
+            self._close()
+
+    def _close(self) -> None:
+        if self._tqdm is not None:
+            self._tqdm.close()
+            self._tqdm = None
 
     __call__ = log
 

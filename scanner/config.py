@@ -80,8 +80,19 @@ def hf_endpoint() -> str:
     return (_get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
 
 
+def hf_offline() -> bool:
+    """``HF_HUB_OFFLINE``: scan only what is in the Hugging Face cache, never call the Hub."""
+    return (_get("HF_HUB_OFFLINE") or "").lower() in ("1", "true", "yes", "on")
+
+
 def hf_hub_cache() -> str | None:
     return _get("HF_HUB_CACHE")
+
+
+def progress_bars() -> bool:
+    """Progress bars unless ``HF_HUB_DISABLE_PROGRESS_BARS`` is set or a CI runner (``CI``) runs hfscan."""
+    off = (_get("HF_HUB_DISABLE_PROGRESS_BARS") or "").lower() in ("1", "true", "yes", "on")
+    return not off and (_get("CI") or "").lower() not in ("1", "true", "yes")
 
 
 def github_token() -> str | None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -210,6 +211,8 @@ class WeightSet:
             fpath = folder / fname
             if not fpath.exists():
                 raise CorruptWeightsError(f"{label or folder}: shard {fname} is missing")
+            if not stat.S_ISREG(fpath.stat().st_mode):  # a FIFO would block the read, a device is no weights
+                raise CorruptWeightsError(f"{label or folder}: {fname} is not a regular file")
             try:
                 entries, _ = read_safetensors_header(fpath)
             except CorruptWeightsError as e:

@@ -150,3 +150,37 @@ def test_unknown_or_missing_device_exits_2(zoo, tmp_path, monkeypatch):
     if not torch.cuda.is_available():
         _assert_one_line_error(run("--device", "cuda", "check", target, "-o", tmp_path / "o"), "no CUDA device")
     assert not (tmp_path / "o").exists()
+
+
+def test_json_on_stdout_alone_and_fail_on(zoo, tmp_path):
+    peers = [a for i in (1, 2, 3) for a in ("--peer", zoo.path(f"zoo/clean-{i}"))]
+    res = run("check", zoo.path("zoo/backdoor-cf"), *peers, "-o", tmp_path, "--search-budget", "off", "--no-defend",
+              "--json", "--fail-on", "never")
+    assert res.exit_code == 0, res.stderr  # a backdoor, but --fail-on never
+    rep = json.loads(res.stdout)  # stdout is the report and nothing else
+    assert rep["verdict"] == "backdoor" and rep == json.loads((tmp_path / "report.json").read_text())
+    assert "BACKDOOR" in res.stderr  # the human summary moved to stderr
+    res = run("check", zoo.path("zoo/backdoor-cf"), *peers, "-o", tmp_path / "again", "--search-budget", "off",
+              "--no-defend", "-q", "--fail-on", "backdoor")
+    assert res.exit_code == 1 and res.stdout.strip() == "backdoor-cf: backdoor"
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["check", "m", "--bogus"], "No such option"),
+    (["check", "m", "--fail-on", "maybe"], "--fail-on"),
+    (["check"], "Missing argument"),
+    (["nonsense"], "No such command"),
+    (["check", "m", "--weights", "1,x"], "comma-separated numbers"),
+])
+def test_usage_errors_are_one_line_with_exit_code_3(args, needle):
+    res = CliRunner().invoke(main, args)
+    lines = res.stderr.strip().splitlines()
+    assert res.exit_code == 3 and len(lines) == 1, res.stderr
+    assert lines[0].startswith("hfscan: usage error:") and needle in lines[0] and "--help" in lines[0]
+
+
+def test_version_and_help_exit_0():
+    res = CliRunner().invoke(main, ["--version"])
+    assert res.exit_code == 0 and res.stdout.startswith("hfscan, version ")
+    res = CliRunner().invoke(main, ["check", "--help"])
+    assert res.exit_code == 0 and "--fail-on" in res.stdout and "usage error" in res.stdout

@@ -160,3 +160,31 @@ def test_the_output_marker_is_not_published(tmp_path):
         endpoint = "http://127.0.0.1:9"
 
     assert push_variant(Hub(), "org/x", Path(d)).files == ["config.json"]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "outside-link", "broken-link"])
+def test_weights_that_are_not_regular_files_are_refused(tiny, tmp_path, kind):
+    model = tiny("m")
+    weights = model / "model.safetensors"
+    if kind == "fifo":
+        weights.unlink()
+        os.mkfifo(weights)  # reading it would block forever
+    elif kind == "outside-link":
+        outside = tmp_path / "elsewhere.safetensors"
+        weights.rename(outside)
+        weights.symlink_to(outside)
+    else:
+        weights.unlink()
+        weights.symlink_to(tmp_path / "missing.safetensors")
+    res = run("merge", str(model), str(tiny("p")), "-o", str(tmp_path / "out"))
+    one_line_error(res, "broken link" if kind == "broken-link" else "not a regular file")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_link_inside_the_model_folder_is_fine(tiny, tmp_path):
+    model = tiny("m")
+    (model / "weights").mkdir()
+    (model / "model.safetensors").rename(model / "weights" / "w.safetensors")
+    (model / "model.safetensors").symlink_to(model / "weights" / "w.safetensors")
+    res = run("merge", str(model), str(tiny("p")), "-o", str(tmp_path / "out"))
+    assert res.exit_code == 0, res.stderr

@@ -243,3 +243,25 @@ def test_an_unknown_id_without_an_org_says_it_is_neither(hub, tmp_path):
     res = CliRunner().invoke(main, ["check", "no-such-model", "-q", "-o", str(tmp_path / "o")])
     _one_line(res, "no-such-model")
     assert "not found" in res.stderr and "folder" in res.stderr
+
+
+def test_hf_hub_offline_scans_what_is_in_the_cache(hub, tmp_path, monkeypatch):
+    import huggingface_hub.constants as hf_constants
+
+    peers = ["alice/yelp-sentiment", "bob/review-polarity", "carol/minilm-sentiment"]
+    args = ["check", "acme/sentiment-pro", *[a for p in peers for a in ("--peer", p)], "--search-budget", "off",
+            "--no-defend", "-q"]
+    online = CliRunner().invoke(main, [*args, "-o", str(tmp_path / "online")])
+    assert online.exit_code == 1, online.stderr
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing answers: it must not be asked
+    offline = CliRunner().invoke(main, [*args, "-o", str(tmp_path / "offline")])
+    assert offline.exit_code == 1, offline.stderr
+    a, b = (json.loads((tmp_path / d / "report.json").read_text()) for d in ("online", "offline"))
+    assert a["target"]["sha"] == b["target"]["sha"] and a["verdict"] == b["verdict"] == "backdoor"
+    assert [(f["trigger"], f["asr_before"]) for f in a["findings"]] == [(f["trigger"], f["asr_before"]) for f in b["findings"]]
+    _one_line(CliRunner().invoke(main, ["check", "acme/never-downloaded", "-q", "-o", str(tmp_path / "x")]),
+              "not in the Hugging Face cache")
+    _one_line(CliRunner().invoke(main, ["check", "acme/sentiment-pro", "-q", "-o", str(tmp_path / "y")]),
+              "HF_HUB_OFFLINE")

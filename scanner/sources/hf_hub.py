@@ -18,7 +18,8 @@ from .. import config
 from ..errors import CorruptWeightsError, HfscanError, ModelNotFoundError, PickleWeightsError, UnsupportedModelError
 from ..weights import TensorInfo
 from .interface import ModelSource
-from .model import TOKENIZER_FILES, RemoteModel, ResolvedModel, base_folder, check_config, read_config, resolve_folder
+from .model import (TOKENIZER_FILES, RemoteModel, ResolvedModel, base_folder, check_config, read_card, read_config,
+                    resolve_folder)
 
 ALLOW_PATTERNS = ["*.safetensors", "model.safetensors.index.json", "config.json", "README.md", *TOKENIZER_FILES]
 
@@ -31,6 +32,10 @@ def _translate(x: Exception, ref: str, endpoint: str) -> Exception | None:
     if "/" not in ref.partition("@")[0]:
         login = "and no such local folder " + login
     table = [  # most specific first: several of these subclass HfHubHTTPError
+        (e.OfflineModeIsEnabled, HfscanError, f"{ref}: HF_HUB_OFFLINE is set and this needs the Hub (peer discovery, "
+                                              "or a file not in the cache); give --peer models that are in the cache"),
+        (e.LocalEntryNotFoundError, ModelNotFoundError, f"{ref} is not in the Hugging Face cache "
+                                                        "(HF_HUB_OFFLINE is set: scan it once online first)"),
         (e.HFValidationError, ModelNotFoundError, f"{ref!r} is neither a model folder nor a valid Hub model id (org/name)"),
         (e.GatedRepoError, HfscanError, f"{ref} is gated: accept its conditions on the Hub, then log in "
                                         "(`hf auth login` or HF_TOKEN)"),
@@ -91,6 +96,18 @@ def with_retries(fn, *args, attempts: int = 4, base_delay: float | None = None, 
             time.sleep(delay * 2**attempt)
 
 
+def _remember_ref(snapshot: Path, revision: str, sha: str) -> None:
+    """Record ``revision -> sha`` in the cache's ``refs/`` (huggingface_hub's cache layout), as a download by
+    branch name does: a pinned download by commit does not, and ``HF_HUB_OFFLINE`` resolves names through it."""
+    ref = snapshot.parents[1] / "refs" / revision
+    if sha and snapshot.name == sha and (not ref.is_file() or ref.read_text().strip() != sha):
+        try:
+            ref.parent.mkdir(parents=True, exist_ok=True)
+            ref.write_text(sha)
+        except OSError:
+            pass  # a read-only cache: offline scans then need the commit (org/name@sha)
+
+
 class HfHub(ModelSource):
     """Models on the Hugging Face Hub (or any server at ``HF_ENDPOINT``), via huggingface_hub.
 
@@ -112,6 +129,8 @@ class HfHub(ModelSource):
 
     def describe(self, ref: str, headers: bool = True) -> RemoteModel:
         repo_id, _, rev = ref.partition("@")
+        if config.hf_offline():
+            return self._cached(repo_id, rev, headers)
         with hub_errors(ref, self.endpoint):
             info = with_retries(self.api.model_info, repo_id, revision=rev or None)
             card = dict(info.card_data.to_dict()) if info.card_data else {}
@@ -131,6 +150,22 @@ class HfHub(ModelSource):
             self.load_config(remote)
             check_config(remote.config, repo_id)
             self.load_header(remote)
+        return remote
+
+    def _cached(self, repo_id: str, rev: str, headers: bool) -> RemoteModel:
+        """The model as the Hugging Face cache has it (``HF_HUB_OFFLINE``): its snapshot at ``rev``."""
+        from huggingface_hub import snapshot_download
+
+        with hub_errors(repo_id + (f"@{rev}" if rev else ""), self.endpoint):
+            path = Path(snapshot_download(repo_id, revision=rev or None, local_files_only=True,
+                                          cache_dir=self.cache_dir))
+        card = read_card(path)
+        remote = RemoteModel(repo_id=repo_id, sha=path.name, revision=rev or None,
+                             files=sorted(p.name for p in path.iterdir()), card=card,
+                             tags=list(card.get("tags") or []), pipeline_tag=card.get("pipeline_tag"))
+        if headers:
+            model = resolve_folder(path, ref=repo_id, repo_id=repo_id, revision=rev or None, sha=path.name)
+            remote.config, remote.header = model.config, model.header
         return remote
 
     def load_config(self, remote: RemoteModel) -> dict:
@@ -164,6 +199,8 @@ class HfHub(ModelSource):
         with hub_errors(remote.repo_id, self.endpoint):
             path = snapshot_download(remote.repo_id, revision=remote.sha, allow_patterns=ALLOW_PATTERNS,
                                      endpoint=self.endpoint, cache_dir=self.cache_dir)
+        if not config.hf_offline():
+            _remember_ref(Path(path), remote.revision or "main", remote.sha)
         return resolve_folder(Path(path), ref=remote.repo_id, repo_id=remote.repo_id, revision=remote.revision,
                               sha=remote.sha)
 

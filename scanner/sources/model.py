@@ -225,6 +225,7 @@ def resolve_folder(folder: str | os.PathLike, ref: str | None = None, loadable: 
     label = ref or str(folder)
     if not folder.is_dir():
         raise ModelNotFoundError(f"{label}: no such model folder")
+    check_files(folder, label)
     cfg_path = folder / "config.json"
     adapter = read_adapter_config(folder, label) if not cfg_path.exists() else None
     if adapter is None:
@@ -247,6 +248,27 @@ def resolve_folder(folder: str | os.PathLike, ref: str | None = None, loadable: 
         sha = "local-" + digest.hexdigest()[:16]
     return ResolvedModel(ref=label, path=folder, config=config, card=read_card(folder), header=weights.header,
                          sha=sha, adapter=adapter, **meta)
+
+
+def check_files(folder: Path, label: str) -> None:
+    """Refuse a folder whose files hfscan reads are not regular files (a FIFO would hang the scan, a device
+    file is no model) or are symlinks out of the folder. A Hugging Face cache snapshot's symlinks into its
+    own ``blobs/`` are the cache's layout and allowed."""
+    import stat
+
+    root = folder.resolve()
+    allowed = [root] + ([root.parents[1] / "blobs"] if root.parent.name == "snapshots" else [])
+    for f in folder.iterdir():
+        if f.name.startswith(".") or f.suffix not in (".safetensors", ".json", ".md", ".txt", ".model", ".jinja"):
+            continue
+        try:
+            mode = f.stat().st_mode
+        except OSError:
+            raise UnsupportedModelError(f"{label}: {f.name} is a broken link") from None
+        if not stat.S_ISREG(mode):
+            raise UnsupportedModelError(f"{label}: {f.name} is not a regular file")
+        if f.is_symlink() and not any(f.resolve().is_relative_to(a) for a in allowed):
+            raise UnsupportedModelError(f"{label}: {f.name} is not a regular file (a link out of the model folder)")
 
 
 def read_adapter_config(folder: Path, label: str) -> dict | None:

@@ -120,7 +120,7 @@ def adapter_base(opts, adapter: ResolvedModel, source: ModelSource) -> ResolvedM
             if hub is None:
                 raise ModelNotFoundError(f"base {ref} needs a hub (--hub-dir, or a Hub target)")
             base = hub.fetch_base(ref)
-    except (ModelNotFoundError, UnsupportedModelError) as e:
+    except HfscanError as e:
         if opts.base:
             raise
         raise UnsupportedModelError(f"{adapter.name}: a LoRA adapter whose base {ref} cannot be found ({e}); "

@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import warnings
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -23,6 +24,32 @@ from ...errors import CorruptWeightsError, UnsupportedModelError
 
 KEY_WORDS = 4
 MAX_NEW_TOKENS = 12
+# Greedy answers by model content, for the life of the process: an audit or a benchmark that scans many
+# targets against the same peers generates each peer's answers once.
+# (at most `_ANSWERS_MODELS` models, least recently loaded dropped first, so a long-lived service stays bounded).
+_ANSWERS: OrderedDict[tuple, dict[tuple[str, int], str]] = OrderedDict()
+_ANSWERS_MODELS = 32
+
+
+def _answer_cache(key: tuple) -> dict[tuple[str, int], str]:
+    cache = _ANSWERS.pop(key, {})
+    _ANSWERS[key] = cache
+    while len(_ANSWERS) > _ANSWERS_MODELS:
+        _ANSWERS.popitem(last=False)
+    return cache
+
+
+def content_key(*folders: Path | None) -> tuple:
+    """What identifies a model's weights on disk: each weight and config file's path, size and mtime."""
+    parts = []
+    for folder in folders:
+        if folder is None:
+            continue
+        for f in sorted(Path(folder).iterdir()):
+            if f.suffix in (".safetensors", ".json") and f.is_file():
+                st = f.stat()
+                parts.append((str(f.resolve()), st.st_size, st.st_mtime_ns))
+    return tuple(parts)
 
 
 def answer_key(text: str, words: int = KEY_WORDS) -> str:
@@ -77,7 +104,7 @@ class CausalLM:
     """A causal LM with a cache of greedy answers per prompt."""
 
     def __init__(self, model, tokenizer, name: str = "", device: torch.device | None = None, batch_size: int = 32,
-                 max_new_tokens: int = MAX_NEW_TOKENS):
+                 max_new_tokens: int = MAX_NEW_TOKENS, identity: tuple | None = None):
         self.device = device or default_device()
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
@@ -88,12 +115,14 @@ class CausalLM:
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
         self.reduced = probe_dtype(self.device)
-        self._cache: dict[tuple[str, int], str] = {}
+        key = (identity, str(self.device), str(self.reduced)) if identity else None
+        self._cache: dict[tuple[str, int], str] = _answer_cache(key) if key else {}
 
     @classmethod
     def load(cls, path: Path, base: Path | None = None, name: str = "", **kw) -> "CausalLM":
         model, tok = load_lm(Path(path), Path(base) if base else None, name or Path(path).name)
-        return cls(model, tok, name=name or Path(path).name, **kw)
+        identity = content_key(Path(path), Path(base) if base else None)
+        return cls(model, tok, name=name or Path(path).name, identity=identity, **kw)
 
     def render(self, prompt: str) -> str:
         """The prompt as the model was trained to read it: its chat template, else the bare instruction."""
