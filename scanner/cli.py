@@ -330,7 +330,8 @@ class _Console:
 
         if self._tqdm is None or stage != self._stage or total != self._tqdm.total:
             self._close()
-            self._tqdm, self._stage = tqdm(total=total, desc=f"· {stage}", file=sys.stderr, leave=False), stage
+            self._tqdm, self._stage = tqdm(total=total, desc=f"· {stage}", file=sys.stderr, leave=False,
+                                                mininterval=0), stage
         self._tqdm.update(done - self._tqdm.n)
         if done >= total:
             self._close()

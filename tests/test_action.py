@@ -92,6 +92,6 @@ def test_shell_metacharacters_in_inputs_execute_nothing(tmp_path):
     evil = f"$(touch {canary}); `touch {canary}`"
     r, outputs, _ = run_step(tmp_path, model=evil, peers=evil, extra_args=evil, fail_on="backdoor")
     assert not canary.exists()
-    assert r.returncode == 2  # hfscan got the text literally and refused it as a model/option
+    assert r.returncode == 3 and "usage error" in r.stderr  # hfscan got the text literally: an unknown option
     r, _, _ = run_step(tmp_path, model="x", fail_on=f"$(touch {canary})")
     assert r.returncode == 2 and not canary.exists()

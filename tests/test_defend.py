@@ -48,7 +48,7 @@ def test_progress_reaches_the_end_of_every_stage(random_scan):
     assert next(t for s, d, t in events if s == "search") == 4 * 2  # target + 3 peers, 2 labels each
 
 
-def test_console_draws_a_bar_only_on_a_terminal(capsys):
+def test_console_draws_a_bar_only_on_a_terminal(capsys, monkeypatch):
     from scanner.cli import _Console
 
     _Console(bar=False).progress("search", 1, 4)
@@ -56,13 +56,17 @@ def test_console_draws_a_bar_only_on_a_terminal(capsys):
     con = _Console(bar=True)
     con.progress("search", 1, 4)
     drawn = capsys.readouterr().err
-    assert drawn.startswith("\r") and "search" in drawn and "1/4" in drawn and not drawn.endswith("\n")
+    assert "search" in drawn and "1/4" in drawn and not drawn.endswith("\n")  # tqdm, redrawn in place
     con.progress("search", 4, 4)
     con.log("done")
     err = capsys.readouterr().err
-    assert err.endswith("done\n")
-    bar, cleared = err.split("\r")[1:3]
-    assert "4/4" in bar and cleared == " " * len(bar)  # the bar is wiped before the log line
+    assert "4/4" in err and err.endswith("done\n")  # the bar is gone before the log line
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True, raising=False)
+    monkeypatch.setenv("CI", "true")
+    assert _Console().bar is False  # no bar in CI logs
+    monkeypatch.delenv("CI")
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    assert _Console().bar is False
 
 
 def test_no_trigger_found_still_produces_the_papers_wag(zoo, tmp_path):
