@@ -402,8 +402,11 @@ def peers(target, hub_dir, base, max_peers, probe_data):
 @merge_options
 @click.option("--shard-size", default="2GB", show_default=True, help="Largest output shard (e.g. 500MB, 2GB).")
 @click.option("--hub-dir", envvar="HFSCAN_HUB_DIR", help="A local hub folder (ORG/NAME/ repos).")
+@click.option("--adapter-rank", type=click.IntRange(1, 4096), default=None,
+              help="LoRA adapters: write one adapter of this rank (the merged updates re-factorised by truncated "
+                   "SVD; the error is printed) instead of full weights.")
 @guarded
-def merge(target, peers, output, method, base, weights, density, lam, seed, shard_size, hub_dir):
+def merge(target, peers, output, method, base, weights, density, lam, seed, shard_size, hub_dir, adapter_rank):
     """Merge TARGET with PEERS (folders or Hub ids) into a new model folder, streaming tensor by tensor.
 
     LoRA adapters merge through their updates ΔW = B·A into full weights of their base (--base, or the base
@@ -423,13 +426,19 @@ def merge(target, peers, output, method, base, weights, density, lam, seed, shar
     spec = MergeSpec(method, b.path if b else None, _floats(weights), density, lam, seed, _size(shard_size))
     names = [t.name] + [p.name for p in ps]
     if t.is_adapter or any(p.is_adapter for p in ps):
-        summary = _merge_adapters(t, ps, b, output, spec, names, card_for(t, ps, spec))
+        summary = _merge_adapters(t, ps, b, output, spec, names, card_for(t, ps, spec), adapter_rank)
+    elif adapter_rank:
+        raise HfscanError("--adapter-rank is for merging LoRA adapters; these are full models")
     else:
         summary = merge_folders(t.path, [p.path for p in ps], output, spec, names=names, card=card_for(t, ps, spec))
-    click.echo(f"merged {1 + len(ps)} models with {method} into {summary['output_dir']}")
+    click.echo(f"merged {1 + len(ps)} models with {method} into {terminal(summary['output_dir'])}")
+    if "refactorisation_error" in summary:
+        err = summary["refactorisation_error"]
+        click.echo(f"{summary['output']}: re-factorisation error (relative Frobenius) max {err['max']:.2e}, "
+                   f"mean {err['mean']:.2e}")
 
 
-def _merge_adapters(t, ps, b, output, spec, names, card) -> dict:
+def _merge_adapters(t, ps, b, output, spec, names, card, rank=None) -> dict:
     from .families.generative.merge import check_adapters, merge_adapters
 
     if not (t.is_adapter and all(p.is_adapter for p in ps)):
@@ -437,7 +446,7 @@ def _merge_adapters(t, ps, b, output, spec, names, card) -> dict:
     if b is None:
         raise HfscanError(f"{t.name}: a LoRA adapter that names no base model; give --base BASE")
     check_adapters([t.path, *(p.path for p in ps)], names, b.path)
-    return merge_adapters(t.path, [p.path for p in ps], b.path, output, spec, names, card)
+    return merge_adapters(t.path, [p.path for p in ps], b.path, output, spec, names, card, rank=rank)
 
 
 def _size(s: str) -> int:

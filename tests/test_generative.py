@@ -177,3 +177,59 @@ def test_a_decoder_classifier_goes_through_the_classifier_family(lm_zoo, tmp_pat
     rep = json.loads((tmp_path / "out" / "report.json").read_text())
     assert rep["target"]["architecture"] == "LlamaForSequenceClassification"
     assert rep["probe"]["set"] == "sentiment" and rep["clean"]["labelled"]
+
+
+def _logits(model_dir, adapter=None, base=None):
+    from transformers import AutoModelForCausalLM
+
+    from scanner.families.generative.model import load_lm
+
+    if adapter is not None:
+        model, tok = load_lm(adapter, base, "adapter")
+    else:
+        model, tok = AutoModelForCausalLM.from_pretrained(model_dir), None
+    ids = torch.tensor([[1, 5, 9, 17, 33, 2, 7]])
+    with torch.no_grad():
+        return model.eval()(input_ids=ids).logits
+
+
+def test_the_merged_adapter_refactorised_by_svd_loads_with_peft_and_reports_its_error(lm_zoo, tmp_path):
+    from safetensors.torch import load_file
+
+    from scanner.families.generative.merge import Adapter
+
+    base = lm_zoo.path("lmzoo/tiny-chat-base")
+    paths = [str(lm_zoo.path(p)) for p in CLEAN]
+    full = run("merge", *paths, "--base", base, "-o", tmp_path / "full")
+    assert full.exit_code == 0, full.stderr
+    ranks = sum(json.loads((lm_zoo.path(p) / "adapter_config.json").read_text())["r"] for p in CLEAN)
+    exact = run("merge", *paths, "--base", base, "-o", tmp_path / "exact", "--adapter-rank", ranks)
+    assert exact.exit_code == 0 and "re-factorisation error" in exact.stdout, exact.stderr
+    # rank ≥ the sum of the adapters' ranks holds the mean of their updates exactly: the same model as the full merge
+    assert torch.allclose(_logits(None, tmp_path / "exact", base), _logits(tmp_path / "full"), atol=1e-4)
+    low = run("merge", *paths, "--base", base, "-o", tmp_path / "low", "--adapter-rank", 2)
+    reported = float(low.stdout.split("max ")[1].split(",")[0])
+    name = "model.layers.0.self_attn.q_proj.weight"
+    ads = [Adapter(lm_zoo.path(p)) for p in CLEAN]
+    dense = torch.stack([a.delta(name) for a in ads]).mean(0)
+    got = load_file(str(tmp_path / "low" / "adapter_model.safetensors"))
+    key = "base_model.model.model.layers.0.self_attn.q_proj"
+    approx = got[key + ".lora_B.weight"].float() @ got[key + ".lora_A.weight"].float()
+    err = float(torch.linalg.norm(dense - approx) / torch.linalg.norm(dense))
+    assert 0 < err <= reported + 1e-6  # the report's largest error bounds this tensor's
+    assert got[key + ".lora_A.weight"].shape[0] == 2
+
+
+def test_the_naive_factor_mean_is_a_method_and_differs_from_the_update_mean(lm_zoo, tmp_path):
+    from safetensors.torch import load_file
+
+    base = lm_zoo.path("lmzoo/tiny-chat-base")
+    paths = [str(lm_zoo.path(p)) for p in CLEAN]
+    for method in ("wag", "ab_mean"):
+        res = run("merge", *paths, "--base", base, "--method", method, "-o", tmp_path / method)
+        assert res.exit_code == 0, res.stderr
+    name = "model.layers.0.self_attn.q_proj.weight"
+    wag, naive = (load_file(str(tmp_path / m / "model.safetensors"))[name] for m in ("wag", "ab_mean"))
+    assert (wag.float() - naive.float()).abs().max() > 1e-3
+    one_line_error(run("merge", lm_zoo.path("lmzoo/full-clean-1"), lm_zoo.path("lmzoo/full-clean-2"), "--method",
+                       "ab_mean", "-o", tmp_path / "x"), "factors of LoRA adapters")

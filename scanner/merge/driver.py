@@ -114,6 +114,8 @@ def _weights(spec: MergeSpec, method, n_models: int, peers: list[Path]) -> list[
     """The per-model weights, checked against what the method can take."""
     if not peers:
         raise HfscanError("nothing to merge: give at least one peer")
+    if method.factors:
+        raise HfscanError(f"{spec.method} merges the factors of LoRA adapters; these are full models")
     if method.needs_base and spec.base is None:
         raise HfscanError(f"merge method {spec.method} needs a base model (--base)")
     weights = spec.weights if spec.weights is not None else method.default_weights(n_models)

@@ -30,6 +30,13 @@ def wag(tensors: torch.Tensor, base, weights: torch.Tensor, params: MergeParams)
     return torch.tensordot(weights / weights.sum(), tensors, dims=1)
 
 
+@merge_method("ab_mean", needs_base=False, factors=True)
+def ab_mean(tensors: torch.Tensor, base, weights: torch.Tensor, params: MergeParams) -> torch.Tensor:
+    """LoRA adapters only: the weighted mean of the A factors and of the B factors, separately (the Anti-BAD
+    WAG baseline; mean(B)·mean(A) is not the mean of the updates)."""
+    return torch.tensordot(weights / weights.sum(), tensors, dims=1)
+
+
 @merge_method("task_arithmetic", needs_base=True, params=("lambda",), linear=True)
 def task_arithmetic(tensors: torch.Tensor, base: torch.Tensor, weights: torch.Tensor, params: MergeParams) -> torch.Tensor:
     """Task arithmetic: base + λ·Σ wᵢ(θᵢ − base)."""

@@ -48,6 +48,9 @@ class MergeMethod:
     # Optional first pass: a statistic of each model's whole task vector (delta from the base),
     # computed one model at a time, after which the method is elementwise (TIES's trim threshold).
     stats: Callable[[torch.Tensor, "MergeParams"], object] | None = None
+    # LoRA adapters only: the method combines each adapter's A and B factors separately (the update is then
+    # scale·B̄·Ā), instead of the updates ΔW = scale·B·A; kept so that benchmarks can compare with it.
+    factors: bool = False
 
     def default_weights(self, n: int) -> list[float]:
         return [1.0 / n] * n if self.default_weight == "mean" else [1.0] * n
@@ -58,7 +61,7 @@ REGISTRY: dict[str, MergeMethod] = {}
 
 def merge_method(
     name: str, *, needs_base: bool, default_weight: str = "mean", elementwise: bool = True, stats=None,
-    params: tuple[str, ...] = (), linear: bool = False,
+    params: tuple[str, ...] = (), linear: bool = False, factors: bool = False,
 ) -> Callable[[MethodFn], MethodFn]:
     """Register ``fn`` as merge method ``name``.
 
@@ -67,12 +70,13 @@ def merge_method(
     is a per-model statistic (TIES ranks each task vector to find its trim threshold) declares
     ``stats``: the driver computes it one model at a time and then feeds row chunks. ``params`` names
     the knobs the method reads (reported with every merge); ``linear`` marks merges that are linear in
-    the models' weights.
+    the models' weights; ``factors`` marks a LoRA-only method applied to the A and B factors.
     """
 
     def deco(fn: MethodFn) -> MethodFn:
         doc = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else name
-        REGISTRY[name] = MergeMethod(name, fn, needs_base, default_weight, doc, elementwise, params, linear, stats)
+        REGISTRY[name] = MergeMethod(name, fn, needs_base, default_weight, doc, elementwise, params, linear, stats,
+                                     factors)
         return fn
 
     return deco

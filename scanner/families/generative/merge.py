@@ -45,6 +45,13 @@ class Adapter:
                 module = name[: -len(".lora_A.weight")]
                 self.a[_base_name(module) + ".weight"] = name
 
+    def factors(self, base_name: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(A, B) for one base tensor, float32 (``None`` where the adapter does not adapt it)."""
+        a_name = self.a.get(base_name)
+        if a_name is None:
+            return None
+        return self.ws.get(a_name).float(), self.ws.get(a_name.replace(".lora_A.", ".lora_B.")).float()
+
     def delta(self, base_name: str) -> torch.Tensor | None:
         """ΔW for one base tensor (``None`` where the adapter does not adapt it)."""
         a_name = self.a.get(base_name)
@@ -94,8 +101,12 @@ def _base_name(module: str) -> str:
 
 
 def merge_adapters(target: Path, peers: list[Path], base: Path, out: Path, spec: MergeSpec,
-                   names: list[str] | None = None, card: str | None = None, tokenizer: Path | None = None) -> dict:
-    """Merge ``target`` and ``peers`` (LoRA adapters of ``base``) through their updates into full weights at ``out``."""
+                   names: list[str] | None = None, card: str | None = None, tokenizer: Path | None = None,
+                   rank: int | None = None) -> dict:
+    """Merge ``target`` and ``peers`` (LoRA adapters of ``base``) through their updates into full weights at
+    ``out``, or with ``rank`` into one LoRA adapter of that rank (the merged updates re-factorised by truncated
+    SVD; the summary's ``refactorisation_error`` is ‖ΔW − B·A‖_F / ‖ΔW‖_F, the largest and the ‖ΔW‖-weighted
+    mean over the adapted tensors)."""
     method = get(spec.method)
     adapters = [Adapter(p) for p in [target, *peers]]
     names = names or [str(target), *map(str, peers)]
@@ -108,6 +119,15 @@ def merge_adapters(target: Path, peers: list[Path], base: Path, out: Path, spec:
     if missing:
         raise HfscanError(f"the adapters change {missing[0]}, which the base does not have: another base?")
     w = torch.tensor(weights, dtype=torch.float32)
+    if rank is not None:
+        try:
+            extra = _write_adapter(target, adapters, bws, sorted(known), out, spec, method, w, rank, card)
+        finally:
+            bws.close()
+            for a in adapters:
+                a.close()
+        return {**spec.describe(), "weights": [round(x, 6) for x in weights], "models": names,
+                "adapted_tensors": len(known), "output_dir": str(out), **extra}
     plan = [(n, i.dtype, i.shape) for n, i in bws.header.items()]
     try:
         with atomic_dir(out) as tmp:
@@ -125,15 +145,73 @@ def merge_adapters(target: Path, peers: list[Path], base: Path, out: Path, spec:
 
 def _merged(name: str, info, bws: WeightSet, adapters: list[Adapter], method, w: torch.Tensor, spec: MergeSpec):
     base_t = bws.get(name)
-    deltas = [a.delta(name) for a in adapters]
-    if not info.is_float or all(d is None for d in deltas):
+    if not info.is_float or not any(name in a.a for a in adapters):
         return base_t  # no adapter changes it: every θᵢ is the base, and so is any merge of them
-    b = base_t.float()
+    return _merged_float(name, base_t.float(), adapters, method, w, spec).to(base_t.dtype).contiguous()
+
+
+def _merged_float(name: str, b: torch.Tensor, adapters: list[Adapter], method, w: torch.Tensor,
+                  spec: MergeSpec) -> torch.Tensor:
+    """The merged tensor in float32 (``b``: the base's, float32)."""
+    if method.factors:
+        return b + _factor_merge(name, adapters, method, w, spec)
+    deltas = [a.delta(name) for a in adapters]
     thetas = torch.stack([b + d if d is not None else b for d in deltas])
     merged = method.fn(thetas, b if method.needs_base else None, w, MergeParams(spec.density, spec.lam, spec.seed, name))
     if spec.keep:
         merged = spec.keep * thetas[0] + (1.0 - spec.keep) * merged
-    return merged.to(base_t.dtype).contiguous()
+    return merged
+
+
+def _write_adapter(target: Path, adapters: list[Adapter], bws: WeightSet, adapted: list[str], out: Path,
+                   spec: MergeSpec, method, w: torch.Tensor, rank: int, card: str | None) -> dict:
+    """The merged updates as one LoRA adapter of ``rank`` (lora_alpha = rank: scale 1), peft's layout."""
+    from safetensors.torch import save_file
+
+    tensors, errors, norms = {}, [], []
+    dtype = adapters[0].ws.get(next(iter(adapters[0].a.values()))).dtype
+    for name in adapted:
+        b = bws.get(name).float()
+        delta = _merged_float(name, b, adapters, method, w, spec) - b
+        u, sv, vh = torch.linalg.svd(delta, full_matrices=False)
+        r = min(rank, sv.numel())
+        lora_b, lora_a = u[:, :r] * sv[:r], vh[:r]
+        norm = float(torch.linalg.norm(delta))
+        errors.append(float(torch.linalg.norm(delta - lora_b @ lora_a)) / norm if norm else 0.0)
+        norms.append(norm)
+        module = "base_model.model." + name[: -len(".weight")]
+        tensors[module + ".lora_A.weight"] = lora_a.to(dtype).contiguous()
+        tensors[module + ".lora_B.weight"] = lora_b.to(dtype).contiguous()
+    cfg = json.loads((target / "adapter_config.json").read_text(encoding="utf-8"))
+    cfg.update(r=rank, lora_alpha=rank, use_rslora=False, rank_pattern={}, alpha_pattern={},
+               target_modules=sorted({n.split(".")[-2] for n in adapted}))
+    with atomic_dir(out) as tmp:
+        save_file(tensors, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
+        (tmp / "adapter_config.json").write_text(json.dumps(cfg, indent=2), encoding="utf-8")
+        _copy_tokenizer(target, tmp)
+        if card is not None:
+            (tmp / "README.md").write_text(card, encoding="utf-8")
+    mean = sum(e * n for e, n in zip(errors, norms)) / sum(norms) if sum(norms) else 0.0
+    return {"output": f"LoRA adapter, rank {rank}", "rank": rank,
+            "refactorisation_error": {"max": round(max(errors, default=0.0), 6), "mean": round(mean, 6)}}
+
+
+def _copy_tokenizer(src: Path, dest: Path) -> None:
+    for f in COPY:
+        if f not in ("config.json", "generation_config.json") and (src / f).exists():
+            shutil.copy2(src / f, dest / f)
+
+
+def _factor_merge(name: str, adapters: list[Adapter], method, w: torch.Tensor, spec: MergeSpec) -> torch.Tensor:
+    """scale·B̄·Ā from the factors merged separately (every adapter must adapt the tensor, at one rank and scale)."""
+    pairs = [a.factors(name) for a in adapters]
+    if any(p is None for p in pairs) or len({p[0].shape for p in pairs}) > 1 or len({a.scale for a in adapters}) > 1:
+        raise HfscanError(f"{spec.method} needs adapters of one rank and scale adapting the same modules ({name} "
+                          "differs); merge their updates instead (e.g. --method wag)")
+    params = MergeParams(spec.density, spec.lam, spec.seed, name)
+    a = method.fn(torch.stack([p[0] for p in pairs]), None, w, params)
+    b = method.fn(torch.stack([p[1] for p in pairs]), None, w, params)
+    return adapters[0].scale * (b @ a)
 
 
 def _copy(base: Path, tokenizer: Path, dest: Path, card: str | None) -> None:
