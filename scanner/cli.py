@@ -541,3 +541,65 @@ def audit(orgs, models_file, pipeline_tag, limit, output, hub_dir, cache_path, r
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+
+@main.command()
+@click.option("--host", default="0.0.0.0", show_default=True)
+@click.option("--port", type=int, default=7860, show_default=True, help="7860 is a Docker Space's port.")
+@click.option("--workers", type=click.IntRange(1, 16), default=None, help="Scans at once (HFSCAN_BOT_WORKERS, "
+                                                                          "default 1).")
+@click.option("--dir", "root", type=click.Path(path_type=Path), default=None,
+              help="Queue database and reports (HFSCAN_BOT_DIR, default ~/.cache/hfscan/bot).")
+@guarded
+def serve(host, port, workers, root):
+    """Run the Hub bot: Hugging Face webhooks (POST /webhook, secret in HFSCAN_WEBHOOK_SECRET) become scans, and
+    PRs as HFSCAN_BOT_MODE says (dry-run, report-only, open-pr, push-variant; default dry-run)."""
+    try:
+        import uvicorn
+
+        from .bot.app import create_app
+    except ImportError:
+        raise HfscanError("hfscan serve needs its web stack: pip install 'hfscan[serve]'") from None
+    from .bot import Bot, BotSettings
+
+    secret = config.webhook_secret()
+    if not secret:
+        raise HfscanError("set HFSCAN_WEBHOOK_SECRET to the secret of the Hub webhook (it is never logged)")
+    log = _Console()
+    bot = Bot(root or config.bot_dir(), BotSettings.from_env(), secret, log=log)
+    log(f"bot: mode {bot.settings.mode}, queue {bot.queue.path}" +
+        (f", {bot.recovered} interrupted jobs queued again" if bot.recovered else ""))
+    bot.start(workers or config.bot_workers())
+    try:
+        uvicorn.run(create_app(bot), host=host, port=port, log_level="warning")
+    finally:
+        bot.stop()
+
+
+@main.command("webhook-job")
+@click.option("--dir", "root", type=click.Path(path_type=Path), default=Path("hfscan-job"), show_default=True,
+              help="Where the report is written.")
+@guarded
+def webhook_job(root):
+    """Run the one scan a Hugging Face Job's webhook payload (WEBHOOK_PAYLOAD) asks for, then publish as
+    HFSCAN_BOT_MODE says. Exit 0 when it ran or was rightly skipped, 2 when it failed."""
+    import json
+
+    from .bot import BotSettings, Job, PayloadError, parse_event, run_job
+
+    payload = config.webhook_payload()
+    if not payload:
+        raise HfscanError("WEBHOOK_PAYLOAD is not set (a Job started by a Hub webhook gets it)")
+    try:
+        event = parse_event(payload.encode())
+    except PayloadError as e:
+        raise HfscanError(f"WEBHOOK_PAYLOAD: {e}") from None
+    if event.ignored:
+        click.echo(json.dumps({"state": "ignored", "reason": event.ignored}))
+        return
+    settings = BotSettings.from_env()
+    job = Job(0, event.repo_id, event.sha, settings.key, "running", 1)
+    outcome = run_job(job, settings, Path(root), log=_Console())
+    click.echo(json.dumps({"repo": event.repo_id, "sha": event.sha, **outcome.__dict__}))
+    if outcome.state in ("failed", "retry"):
+        sys.exit(EXIT_ERROR)

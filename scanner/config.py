@@ -17,6 +17,15 @@ The device chosen on the command line is held here too (`use_device`), never wri
 | ``HF_HUB_CACHE`` | huggingface_hub's download cache | huggingface_hub's |
 | ``HF_TOKEN`` | read by huggingface_hub itself, never by hfscan; never printed | |
 | ``GITHUB_TOKEN`` / ``GITHUB_API_URL`` | GitHub issues from `publish.github_issue` | none / ``https://api.github.com`` |
+| ``HF_HUB_OFFLINE`` | scan only what is in the Hugging Face cache | off |
+| ``HF_HUB_DISABLE_PROGRESS_BARS`` / ``CI`` | no progress bars | off |
+| ``HFSCAN_WEBHOOK_SECRET`` | the bot: the secret every webhook call must carry (``X-Webhook-Secret``) | none (required) |
+| ``HFSCAN_BOT_DIR`` | the bot: its queue database and reports | ``$HFSCAN_CACHE/bot`` |
+| ``HFSCAN_BOT_MODE`` | the bot: ``dry-run``, ``report-only``, ``open-pr`` or ``push-variant`` | ``dry-run`` |
+| ``HFSCAN_BOT_WORKERS`` | the bot: scans run at once | ``1`` |
+| ``HFSCAN_BOT_OPT_OUT`` | the bot: repos or orgs never scanned (comma-separated) | none |
+| ``HFSCAN_BOT_ORG_BUDGET`` | the bot: scans per org per day | ``200`` |
+| ``WEBHOOK_PAYLOAD`` | ``hfscan webhook-job``: the payload a Hugging Face Job gets from its webhook | none |
 
 Example:
     >>> use_device("cpu"); device_name()
@@ -93,6 +102,34 @@ def progress_bars() -> bool:
     """Progress bars unless ``HF_HUB_DISABLE_PROGRESS_BARS`` is set or a CI runner (``CI``) runs hfscan."""
     off = (_get("HF_HUB_DISABLE_PROGRESS_BARS") or "").lower() in ("1", "true", "yes", "on")
     return not off and (_get("CI") or "").lower() not in ("1", "true", "yes")
+
+
+def webhook_secret() -> str | None:
+    return _get("HFSCAN_WEBHOOK_SECRET")
+
+
+def bot_dir() -> Path:
+    return Path(_get("HFSCAN_BOT_DIR") or cache_dir() / "bot")
+
+
+def bot_mode() -> str:
+    return (_get("HFSCAN_BOT_MODE", "dry-run") or "dry-run").strip().lower()
+
+
+def bot_workers() -> int:
+    return int(_get("HFSCAN_BOT_WORKERS", "1") or 1)
+
+
+def bot_opt_out() -> list[str]:
+    return [x.strip() for x in (_get("HFSCAN_BOT_OPT_OUT") or "").split(",") if x.strip()]
+
+
+def bot_org_budget() -> int:
+    return int(_get("HFSCAN_BOT_ORG_BUDGET", "200") or 200)
+
+
+def webhook_payload() -> str | None:
+    return _get("WEBHOOK_PAYLOAD")
 
 
 def github_token() -> str | None:

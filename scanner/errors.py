@@ -52,3 +52,8 @@ class DeviceError(HfscanError):
 
 class OutputExistsError(HfscanError):
     """The output path exists and would be overwritten."""
+
+
+class TransientHubError(HfscanError):
+    """The Hub (or the network to it) failed in a way that may pass: 429, 5xx, a connection error. A retry
+    later may succeed (the bot's queue retries these with back-off)."""

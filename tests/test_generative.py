@@ -187,7 +187,7 @@ def _logits(model_dir, adapter=None, base=None):
     if adapter is not None:
         model, tok = load_lm(adapter, base, "adapter")
     else:
-        model, tok = AutoModelForCausalLM.from_pretrained(model_dir), None
+        model = AutoModelForCausalLM.from_pretrained(model_dir)
     ids = torch.tensor([[1, 5, 9, 17, 33, 2, 7]])
     with torch.no_grad():
         return model.eval()(input_ids=ids).logits

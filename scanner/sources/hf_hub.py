@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Iterator
 
 from .. import config
-from ..errors import CorruptWeightsError, HfscanError, ModelNotFoundError, PickleWeightsError, UnsupportedModelError
+from ..errors import (CorruptWeightsError, HfscanError, ModelNotFoundError, PickleWeightsError, TransientHubError,
+                      UnsupportedModelError)
 from ..weights import TensorInfo
 from .interface import ModelSource
 from .model import (TOKENIZER_FILES, RemoteModel, ResolvedModel, base_folder, check_config, read_card, read_config,
@@ -45,15 +46,21 @@ def _translate(x: Exception, ref: str, endpoint: str) -> Exception | None:
          f"{ref}: a file is missing on the Hub ({_first_line(x, 120)})"),
         (e.NotASafetensorsRepoError, PickleWeightsError, f"{ref} has no safetensors weights; hfscan never unpickles weights"),
         (e.SafetensorsParsingError, CorruptWeightsError, f"{ref}: corrupt safetensors header on the Hub"),
-        (e.HfHubHTTPError, HfscanError, f"{ref}: the Hub answered {_first_line(x, 160)}"),
-        ((OSError, ConnectionError), HfscanError, f"{ref}: network failure talking to {endpoint} ({x.__class__.__name__})"),
+        (e.HfHubHTTPError, TransientHubError if _status(x) in RETRY_STATUS else HfscanError,
+         f"{ref}: the Hub answered {_first_line(x, 160)}"),
+        ((OSError, ConnectionError), TransientHubError,
+         f"{ref}: network failure talking to {endpoint} ({x.__class__.__name__})"),
     ]
     for kinds, err, msg in table:
         if isinstance(x, kinds):
             return err(msg)
     if x.__class__.__module__.startswith("httpx"):
-        return HfscanError(f"{ref}: network failure talking to {endpoint} ({x.__class__.__name__})")
+        return TransientHubError(f"{ref}: network failure talking to {endpoint} ({x.__class__.__name__})")
     return None
+
+
+def _status(x: Exception) -> int | None:
+    return getattr(getattr(x, "response", None), "status_code", None)
 
 
 def _first_line(x: Exception, n: int) -> str:
