@@ -45,7 +45,7 @@ def test_inputs_reach_scripts_only_through_env():
             assert "${{" not in step["run"], step["run"]
 
 
-def run_step(tmp_path, **inputs):
+def run_step(tmp_path, env_extra=None, **inputs):
     out, summary = tmp_path / "github_output", tmp_path / "step_summary"
     out.write_text("")
     summary.write_text("")
@@ -53,6 +53,7 @@ def run_step(tmp_path, **inputs):
     env.update({"GITHUB_OUTPUT": str(out), "GITHUB_STEP_SUMMARY": str(summary), "GITHUB_ACTION_PATH": str(ROOT),
                 "PATH": f"{BIN}:{env.get('PATH', '')}", "HF_ENDPOINT": "http://127.0.0.1:9"})  # no network here
     env.update({f"INPUT_{k.upper()}": v for k, v in inputs.items()})
+    env.update(env_extra or {})
     r = subprocess.run(["bash", str(ROOT / "scripts" / "action_run.sh")], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=900)
     outputs = dict(line.split("=", 1) for line in out.read_text().splitlines() if "=" in line)

@@ -265,3 +265,16 @@ def test_hf_hub_offline_scans_what_is_in_the_cache(hub, tmp_path, monkeypatch):
               "not in the Hugging Face cache")
     _one_line(CliRunner().invoke(main, ["check", "acme/sentiment-pro", "-q", "-o", str(tmp_path / "y")]),
               "HF_HUB_OFFLINE")
+
+
+def test_the_action_scans_a_folder_in_the_repository_against_hub_peers(hub, hub_root, tmp_path):
+    """examples/workflows/scan-on-push.yml: `model: ./model` with Hub-id peers, as a runner runs the step."""
+    from test_action import run_step
+
+    shutil.copytree(hub_root / "acme/sentiment-pro", tmp_path / "model", ignore=shutil.ignore_patterns(".hub.json"))
+    peers = "alice/yelp-sentiment\nbob/review-polarity\ncarol/minilm-sentiment"
+    r, outputs, summary = run_step(tmp_path, model="./model", peers=peers, fail_on="backdoor",
+                                   extra_args="--search-budget off --no-defend",
+                                   env_extra={"HF_ENDPOINT": hub.url, "HF_HUB_CACHE": str(tmp_path / "cache")})
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert outputs["verdict"] == "backdoor" and "`cf`" in summary
