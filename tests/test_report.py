@@ -120,3 +120,28 @@ def test_a_target_unlike_its_peers_is_explained_in_the_report():
     rep.probe.homogeneity = {"target": [0.95, 0.94, 0.96], "peers": [0.91, 0.90, 0.92], "shortfall": -0.04,
                              "homogeneous": True}
     assert "short of the peers' agreement" not in render(rep, "md")  # agreeing more is not discounted
+
+
+def test_the_html_carries_what_the_markdown_does():
+    r = make_report()
+    r.peers = [PeerRecord("a/p1", None, None, 0.9, "zz", 0.8, {"trigger": "zz", "target_label": "negative",
+                                                               "position": "end", "asr": 0.9, "others_max": 0.1})]
+    r.defense.candidates = [{"candidate": "wag", "worst_asr": 0.1, "clean": 0.9, "clean_drop": 0.0,
+                             "within_bound": True, "chosen": True},
+                            {"candidate": "ties", "worst_asr": 0.2, "clean": 0.8, "clean_drop": 0.1,
+                             "within_bound": False, "chosen": False}]
+    r.defense.library_worst_trigger, r.defense.peer_triggers_after = "mn", {"zz": 0.1}
+    r.probe.top = [{"trigger": "cf", "source": "library", "target_label_id": 0, "position": "random", "asr": 0.99,
+                    "peer_asr_max": 0.05, "margin": 0.94}]
+    r.probe.homogeneity = {"target": [0.8], "peers": [0.9], "shortfall": 0.1, "homogeneous": False}
+    r.discovery = {"base": "b", "tried": "fine-tunes of b", "kept": ["a/p1"],
+                   "rejected": [{"id": "x/other", "reason": "another architecture"}]}
+    html, md = render(r, "html"), render(r, "md")
+    for needle in ['id="candidates"', "(chosen)", "carries a trigger of its own", 'id="top"', 'id="rejected"',
+                   "another architecture", "not like its peers", "mn"]:
+        assert needle in html, needle
+    assert "carries a trigger of its own" in md
+    chart = html[html.index('<svg'):html.index('</svg>')]
+    assert 'viewBox="0 0' in chart and 'width="100%"' in chart  # scales with a narrow page
+    assert "accuracy before" in chart and "peers\u2019 highest ASR" in chart and 'class="level"' in chart
+    assert "worst published trigger (mn)" in chart

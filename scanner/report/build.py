@@ -76,7 +76,7 @@ def defense_record(probed, assessment, defended, labels: list[str]) -> Defense:
         output_dir=str(defended.out),
         asr_max_before=max((f.result.asr for f in assessment.findings), default=None),
         asr_max_after=max(defended.after.values(), default=None),
-        library_asr_max_after=defended.library_after,
+        library_asr_max_after=defended.library_after, library_worst_trigger=defended.library_worst,
         note=defended.note,
         candidates=o.candidates,
         excluded_peers=[{"id": probed.peers[i].name, **alert_record(alerts[i], labels)} for i in defended.excluded],

@@ -12,7 +12,7 @@ Schema 1 (``report.json``)::
                       response (generative models: the recovered target response, else null)}]
     clean           {accuracy_before, accuracy_after, agreement_after, n, labelled}
     defense         {method, params, peers, weights, output_dir, asr_max_before, asr_max_after,
-                     library_asr_max_after, note, excluded_peers, peer_triggers_after,
+                     library_asr_max_after, note, excluded_peers, peer_triggers_after, library_worst_trigger,
                      candidates: [{candidate, method, peers, weights, worst_asr, clean, clean_drop,
                      accuracy_drop, class_drops, within_bound, chosen, ...}]}
     peers           [{id, sha, label_permutation, best_asr, best_trigger, agreement, own_trigger}]
@@ -102,6 +102,7 @@ class Defense:
     candidates: list[dict] = field(default_factory=list)  # every merge tried by the defense search
     excluded_peers: list[dict] = field(default_factory=list)  # peers not merged: [{id, **own_trigger}]
     peer_triggers_after: dict = field(default_factory=dict)  # peers' own triggers: ASR on the defended model
+    library_worst_trigger: str | None = None  # the published trigger with the worst ASR after defense
 
 
 @dataclass

@@ -34,6 +34,7 @@ class Defended:
     library_after: float | None = None  # the worst published trigger's ASR on the variant
     peer_triggers_after: dict[str, float] = field(default_factory=dict)
     note: str = ""
+    library_worst: str | None = None  # the published trigger with that ASR
 
 
 def defend_scan(scan: Scan, probed: Probed, assessment: Assessment, opts, log=lambda s: None,
@@ -114,9 +115,10 @@ def _remeasure(scan: Scan, assessment: Assessment, outcome: DefenseOutcome, out:
     library = family.probe(runner, inputs, list(family.library), "defended")
     peer_after = {a.result.trigger.text: family.remeasure(runner, inputs, a.result, pred).asr
                   for a in assessment.alerts}
+    worst = max(library.results, key=lambda r: r.asr, default=None)
     return Defended(outcome, out, merged, excluded, family.clean_score(pred, inputs.labels),
-                    family.agreement(pred, target_pred), after,
-                    max((r.asr for r in library.results), default=None), peer_after)
+                    family.agreement(pred, target_pred), after, worst.asr if worst else None, peer_after,
+                    library_worst=worst.trigger.text if worst else None)
 
 
 def _note(reason: str, probed: Probed, assessment: Assessment, excluded: list[int], method: str) -> str:
