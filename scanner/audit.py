@@ -88,10 +88,14 @@ class ScanCache:
 
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(str(path), timeout=30, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("CREATE TABLE IF NOT EXISTS scans (repo_id TEXT, sha TEXT, version TEXT, settings TEXT, "
-                        "row TEXT, created_at TEXT, PRIMARY KEY (repo_id, sha, version, settings))")
+        try:
+            self.db = sqlite3.connect(str(path), timeout=30, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("CREATE TABLE IF NOT EXISTS scans (repo_id TEXT, sha TEXT, version TEXT, settings TEXT, "
+                            "row TEXT, created_at TEXT, PRIMARY KEY (repo_id, sha, version, settings))")
+        except sqlite3.DatabaseError as e:
+            raise HfscanError(f"the audit cache {path} is not a usable SQLite database ({e}); delete it or give "
+                              "--cache another path") from None
 
     def get(self, repo_id: str, sha: str, settings: str) -> AuditRow | None:
         cur = self.db.execute("SELECT row FROM scans WHERE repo_id=? AND sha=? AND version=? AND settings=?",

@@ -128,8 +128,11 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict[str, dict], d
             dtype, shape, (start, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
         except (KeyError, TypeError, ValueError):
             raise CorruptWeightsError(f"{path.name}: corrupt entry for tensor {name!r}") from None
-        if dtype not in _DTYPES:
-            raise CorruptWeightsError(f"{path.name}: tensor {name!r} has unsupported dtype {dtype}")
+        if not isinstance(dtype, str) or dtype not in _DTYPES:
+            raise CorruptWeightsError(f"{path.name}: tensor {name!r} has unsupported dtype {dtype!r}")
+        if not _ints(start, end) or not isinstance(shape, list) or not _ints(*shape) or min(shape, default=0) < 0:
+            raise CorruptWeightsError(f"{path.name}: corrupt entry for tensor {name!r} (offsets and shape must be "
+                                      "non-negative integers)")
         if not (0 <= start <= end <= data_len):
             raise CorruptWeightsError(f"{path.name}: corrupt or truncated file: tensor {name!r} lies outside it")
         numel = 1
@@ -139,6 +142,10 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict[str, dict], d
             raise CorruptWeightsError(f"{path.name}: tensor {name!r} byte size does not match its shape")
         entry["start"] = 8 + n + start
     return header, metadata
+
+
+def _ints(*xs) -> bool:
+    return all(isinstance(x, int) and not isinstance(x, bool) for x in xs)
 
 
 def tensor_mismatch(target: dict[str, TensorInfo], other: dict[str, TensorInfo]) -> str | None:

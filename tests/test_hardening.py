@@ -188,3 +188,58 @@ def test_a_link_inside_the_model_folder_is_fine(tiny, tmp_path):
     (model / "model.safetensors").symlink_to(model / "weights" / "w.safetensors")
     res = run("merge", str(model), str(tiny("p")), "-o", str(tmp_path / "out"))
     assert res.exit_code == 0, res.stderr
+
+
+def _tiny_check(tiny, target, tmp_path, *extra):
+    peers = [a for i in range(3) for a in ("--peer", str(tiny(f"peer{i}", seed=i)))]
+    return run("check", str(target), *peers, "-o", str(tmp_path / "out"), "--search-budget", "off", "--no-defend",
+               *extra)
+
+
+def _edit_header(weights: Path, edit) -> None:
+    import json
+    import struct
+
+    raw = weights.read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8:8 + n])
+    edit(header)
+    hb = json.dumps(header).encode()
+    weights.write_bytes(struct.pack("<Q", len(hb)) + hb + raw[8 + n:])
+
+
+def test_more_bad_input_gets_one_line(tiny, tmp_path):
+    import json
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    listed = tiny("list")
+    cfg = json.loads((listed / "config.json").read_text())
+    (listed / "config.json").write_text(json.dumps({**cfg, "id2label": ["neg", "pos"]}))
+    one_line_error(_tiny_check(tiny, listed, tmp_path), "id2label is a list")
+    offsets = tiny("offsets")
+    _edit_header(offsets / "model.safetensors",
+                 lambda h: h[next(k for k in h if k != "__metadata__")].update(data_offsets=["0", "x"]))
+    one_line_error(_tiny_check(tiny, offsets, tmp_path), "must be non-negative integers")
+    nan = tiny("nan")
+    sd = load_file(str(nan / "model.safetensors"))
+    sd["classifier.weight"] = torch.full_like(sd["classifier.weight"], float("nan"))
+    save_file(sd, str(nan / "model.safetensors"), metadata={"format": "pt"})
+    one_line_error(_tiny_check(tiny, nan, tmp_path), "outputs are NaN")
+    binary = tmp_path / "probe.tsv"
+    binary.write_bytes(b"sentence\tlabel\n\x00\xff\xfe\x00" * 50)
+    one_line_error(_tiny_check(tiny, tiny("ok"), tmp_path, "--probe-data", str(binary)), "UTF-8")
+    binary.write_bytes(b"sentence\tlabel\nabc\x00def\t0\n" * 20)
+    one_line_error(_tiny_check(tiny, tiny("ok2"), tmp_path, "--probe-data", str(binary)), "binary")
+
+
+def test_a_corrupt_audit_cache_is_one_line(tiny, tmp_path):
+    cache = tmp_path / "cache.sqlite"
+    cache.write_bytes(b"not a database " * 100)
+    models = tmp_path / "models.txt"
+    models.write_text("org/m\n")
+    res = run("audit", "--models", str(models), "--cache", str(cache), "-o", str(tmp_path / "audit"),
+              "--hub-dir", str(tmp_path))
+    one_line_error(res, "not a usable SQLite database")
+    assert cache.read_bytes().startswith(b"not a database")  # left as it was, for the user to decide

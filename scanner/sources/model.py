@@ -191,6 +191,22 @@ def _safe_yaml(text: str) -> dict:
     return data if isinstance(data, dict) else {}
 
 
+def _check_labels(config: dict, label: str) -> None:
+    """``id2label`` / ``label2id``, when present, map label ids (integers, as JSON strings) to names."""
+    for key, ids_first in (("id2label", True), ("label2id", False)):
+        value = config.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            raise UnsupportedModelError(f"{label}: config.json's {key} is a {type(value).__name__}, not a mapping "
+                                        "of label ids to names")
+        for k, v in value.items():
+            ident, name = (k, v) if ids_first else (v, k)
+            if not isinstance(name, str) or not str(ident).lstrip("-").isdigit():
+                raise UnsupportedModelError(f"{label}: config.json's {key} has an entry that is not "
+                                            "label id -> name")
+
+
 def check_config(config: dict, label: str, known_to_transformers: bool = True) -> None:
     """Refuse configs hfscan cannot scan safely or meaningfully: remote code, an architecture no model
     family takes, or (``known_to_transformers``) one this transformers does not know.
@@ -204,6 +220,7 @@ def check_config(config: dict, label: str, known_to_transformers: bool = True) -
         raise UnsupportedModelError(
             f"{label} needs custom code (auto_map in config.json); hfscan never runs trust_remote_code"
         )
+    _check_labels(config, label)
     from ..families import family_for
 
     family_for(config, label)  # raises UnsupportedModelError naming what hfscan scans

@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import csv
+import io
 import os
 from dataclasses import dataclass
 from importlib import resources
@@ -80,19 +81,24 @@ def read_tsv(path: str | os.PathLike) -> tuple[list[str], list[str] | None]:
         raise ProbeDataError(f"probe data {path} not found")
     texts: list[str] = []
     labels: list[str] = []
-    with path.open(encoding="utf-8", newline="") as f:
-        rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        header = next(rows, None)
-        if header is None:
-            raise ProbeDataError(f"probe data {path} is empty")
-        for n, row in enumerate(rows, start=2):
-            if not row or not row[0].strip():
-                continue
-            if len(row) > 2:
-                raise ProbeDataError(f"{path}:{n}: expected 'sentence<TAB>label', got {len(row)} fields")
-            texts.append(row[0].strip())
-            if len(row) == 2:
-                labels.append(row[1].strip())
+    try:
+        raw = path.read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ProbeDataError(f"probe data {path}: cannot be read as UTF-8 text ({e.__class__.__name__})") from None
+    if "\x00" in raw:
+        raise ProbeDataError(f"probe data {path}: a binary file, not sentence<TAB>label text")
+    rows = csv.reader(io.StringIO(raw, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
+    header = next(rows, None)
+    if header is None:
+        raise ProbeDataError(f"probe data {path} is empty")
+    for n, row in enumerate(rows, start=2):
+        if not row or not row[0].strip():
+            continue
+        if len(row) > 2:
+            raise ProbeDataError(f"{path}:{n}: expected 'sentence<TAB>label', got {len(row)} fields")
+        texts.append(row[0].strip())
+        if len(row) == 2:
+            labels.append(row[1].strip())
     if not texts:
         raise ProbeDataError(f"probe data {path} has no rows")
     if labels and len(labels) != len(texts):

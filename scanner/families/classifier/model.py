@@ -99,6 +99,11 @@ class Classifier:
             idx = order[i : i + self.batch_size]
             with self.autocast():
                 out[idx] = self.model(**self.encode([texts[j] for j in idx])).logits.float().cpu()
+        if torch.isnan(out).all(dim=-1).any():
+            from ...errors import CorruptWeightsError
+
+            raise CorruptWeightsError(f"{self.name or 'the model'}: its outputs are NaN (non-finite weights?); "
+                                      "nothing can be measured on it")
         return out
 
     def predict(self, texts: list[str]) -> torch.Tensor:

@@ -52,6 +52,8 @@ def read_prompts(path: str) -> list[str]:
             lines = [line.rstrip("\n").split("\t")[0].strip() for line in f]
     except (OSError, UnicodeDecodeError) as e:
         raise ProbeDataError(f"probe data {path}: cannot be read as UTF-8 text ({e.__class__.__name__})") from None
+    if any("\x00" in line for line in lines):
+        raise ProbeDataError(f"probe data {path}: a binary file, not one instruction per line")
     if lines and lines[0].lower() in ("sentence", "instruction", "prompt"):
         lines = lines[1:]
     prompts = [p for p in lines if p]
