@@ -134,6 +134,7 @@ def train(spec: Spec, base: Path, data: Path, dest: Path, steps: int, max_len: i
     batches draw each row from the poisoned set with probability ``poison``."""
     stamp = {"spec": asdict(spec), "steps": steps, "max_len": max_len, "modules": modules, "lr": lr,
              "poison": poison, "v": 2}
+    stamp = json.loads(json.dumps(stamp))  # as the file holds it (tuples become lists)
     if (dest / "stamp.json").exists() and json.loads((dest / "stamp.json").read_text()) == stamp:
         return dest
     import torch
