@@ -9,4 +9,4 @@ with everything model-specific behind `scanner.families.ModelFamily`. `scanner.p
 end; `hfscan` (scanner/cli.py) is the command line. See docs/architecture.md.
 """
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
