@@ -25,6 +25,7 @@ The device chosen on the command line is held here too (`use_device`), never wri
 | ``HFSCAN_BOT_WORKERS`` | the bot: scans run at once | ``1`` |
 | ``HFSCAN_BOT_OPT_OUT`` | the bot: repos or orgs never scanned (comma-separated) | none |
 | ``HFSCAN_BOT_ORG_BUDGET`` | the bot: scans per org per day | ``200`` |
+| ``HFSCAN_BOT_SEARCH_BUDGET`` | the bot: gradient-search effort per scan (``off``, ``small``, ``default``, ``large``) | ``small`` |
 | ``WEBHOOK_PAYLOAD`` | ``hfscan webhook-job``: the payload a Hugging Face Job gets from its webhook | none |
 
 Example:
@@ -126,6 +127,10 @@ def bot_opt_out() -> list[str]:
 
 def bot_org_budget() -> int:
     return int(_get("HFSCAN_BOT_ORG_BUDGET", "200") or 200)
+
+
+def bot_search_budget() -> str:
+    return (_get("HFSCAN_BOT_SEARCH_BUDGET", "small") or "small").strip().lower()
 
 
 def webhook_payload() -> str | None:

@@ -236,3 +236,64 @@ def test_serve_refuses_to_start_without_a_secret(monkeypatch):
     monkeypatch.delenv("HFSCAN_WEBHOOK_SECRET", raising=False)
     res = CliRunner().invoke(main, ["serve"])
     assert res.exit_code == 2 and "HFSCAN_WEBHOOK_SECRET" in res.stderr
+
+
+def _serve(tmp_path, hub_url, port):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_ENDPOINT": hub_url, "HFSCAN_WEBHOOK_SECRET": SECRET, "HFSCAN_BOT_MODE": "open-pr",
+           "HF_TOKEN": __import__("hubserver").TOKEN, "HF_HUB_CACHE": str(tmp_path / "hf-cache"),
+           "HFSCAN_BOT_SEARCH_BUDGET": "off"}
+    return subprocess.Popen([sys.executable, "-c", "from scanner.cli import main; main()", "serve", "--host",
+                             "127.0.0.1", "--port", str(port), "--dir", str(tmp_path / "bot")], env=env,
+                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / f"serve-{port}.log", "w"))
+
+
+def _wait(url, cond, timeout=900.0):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            state = json.loads(urllib.request.urlopen(url + "/healthz", timeout=5).read())
+            if cond(state):
+                return state
+        except (urllib.error.URLError, ConnectionError, json.JSONDecodeError):
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting on {url}")
+
+
+def test_the_service_scans_a_push_once_through_replays_bursts_and_a_sigkill(bot_hub, tmp_path):
+    """Real HTTP to `hfscan serve` in its own process: 5 replays and a burst of 100 of one event queue one job;
+    the service killed with SIGKILL mid-scan finishes the job once after a restart, with one PR."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    sha = _head("acme/sentiment-pro")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = _serve(tmp_path, bot_hub.url, port)
+    try:
+        _wait(url, lambda s: s["status"] == "ok", timeout=120)
+        body = payload("acme/sentiment-pro", sha)
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(lambda _: _post(url + "/webhook", body), range(105)))
+        statuses = sorted(a[1]["status"] for a in answers)
+        assert statuses.count("queued") == 1 and statuses.count("duplicate") == 104, statuses[:3]
+        _wait(url, lambda s: s["running"] == 1, timeout=120)
+        time.sleep(2)
+        proc.kill()  # SIGKILL mid-scan: no cleanup runs
+        proc.wait(30)
+        assert not bot_hub.prs
+        proc = _serve(tmp_path, bot_hub.url, port)
+        state = _wait(url, lambda s: s["done"] + s["failed"] + s["dead"] == 1)
+        assert state["done"] == 1 and state["queued"] == state["running"] == 0, state
+        assert len(bot_hub.prs["acme/sentiment-pro"]) == 1
+        assert _post(url + "/webhook", payload("acme/sentiment-pro", sha, ref="refs/pr/1"))[1]["status"] == "ignored"
+        metrics = urllib.request.urlopen(url + "/metrics").read().decode()
+        assert 'hfscan_jobs{state="done"} 1' in metrics and "hfscan_scan_seconds_count 1" in metrics
+    finally:
+        proc.kill()
+        proc.wait(30)
+    job = JobQueue(tmp_path / "bot" / "queue.sqlite").recent()[0]
+    assert job.attempts == 2 and job.verdict == "backdoor"

@@ -46,7 +46,10 @@ class BotSettings:
         mode = config.bot_mode()
         if mode not in MODES:
             raise HfscanError(f"HFSCAN_BOT_MODE must be one of {', '.join(MODES)}, not {mode!r}")
-        return cls(mode=mode, opt_out=config.bot_opt_out(), org_budget=config.bot_org_budget())
+        budget = config.bot_search_budget()
+        if budget not in ("off", "small", "default", "large"):
+            raise HfscanError(f"HFSCAN_BOT_SEARCH_BUDGET must be off, small, default or large, not {budget!r}")
+        return cls(mode=mode, opt_out=config.bot_opt_out(), org_budget=config.bot_org_budget(), search_budget=budget)
 
     @property
     def key(self) -> str:

@@ -30,24 +30,25 @@ def asr_chart(report: ScanReport, max_rows: int = 12) -> Markup:
     """The chart: it scales with the page (``viewBox``, width 100%), every colour is in the legend, the peers'
     highest ASR for each trigger is a dark tick, and clean accuracy sits below a rule, in its own colours."""
     rows = _rows(report, max_rows)
-    label_w, bar_w, row_h, top = 260, 560, 44, 48
-    width, height = label_w + bar_w + 80, top + row_h * len(rows) + 12
+    label_w, bar_w, row_h, top = 190, 320, 44, 66  # 570 wide: scaled to a 420-px phone, the text stays ~9 px
+    width, height = label_w + bar_w + 60, top + row_h * len(rows) + 12
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" id="asr-chart" role="img" viewBox="0 0 {width} {height}" '
         f'width="100%" preserveAspectRatio="xMinYMin meet" style="max-width:{width}px">',
         f"<title>Attack success rate before and after defense for {escape(report.target.id)}</title>",
     ]
     for k, (name, colour) in enumerate(LEGEND):
-        x = 8 + k * 170
-        parts.append(f'<rect x="{x}" y="6" width="12" height="12" fill="{colour}"/>'
-                     f'<text x="{x + 18}" y="17">{name}</text>')
-    parts.append(f'<rect x="{8 + 4 * 170}" y="4" width="3" height="16" fill="{INK}"/>'
-                 f'<text x="{8 + 4 * 170 + 9}" y="17">peers\u2019 highest ASR</text>')
+        x, y = 8 + (k % 3) * 185, 6 + (k // 3) * 20
+        parts.append(f'<rect x="{x}" y="{y}" width="12" height="12" fill="{colour}"/>'
+                     f'<text x="{x + 18}" y="{y + 11}">{name}</text>')
+    parts.append(f'<rect x="{8 + 185}" y="24" width="3" height="16" fill="{INK}"/>'
+                 f'<text x="{8 + 185 + 9}" y="37">peers\u2019 highest ASR</text>')
     for i, (label, before, after, kind, level) in enumerate(rows):
         y = top + i * row_h
         if kind == "acc":
             parts.append(f'<line x1="0" x2="{width}" y1="{y - 4}" y2="{y - 4}" stroke="{GREY}" stroke-dasharray="4 3"/>')
-        parts.append(f'<text x="{label_w - 8}" y="{y + 20}" text-anchor="end">{escape(label[:40])}</text>')
+        short = label if len(label) <= 28 else label[:27] + "\u2026"
+        parts.append(f'<text x="{label_w - 8}" y="{y + 20}" text-anchor="end">{escape(short)}</text>')
         colours = (BLUE, LIGHT_BLUE) if kind == "acc" else (RED, GREEN)
         for j, (value, colour) in enumerate(zip((before, after), colours)):
             parts.append(_bar(label_w, bar_w, y + 4 + j * 17, value, colour, label))
