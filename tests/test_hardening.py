@@ -243,3 +243,36 @@ def test_a_corrupt_audit_cache_is_one_line(tiny, tmp_path):
               "--hub-dir", str(tmp_path))
     one_line_error(res, "not a usable SQLite database")
     assert cache.read_bytes().startswith(b"not a database")  # left as it was, for the user to decide
+
+
+def _noisy_copy(src: Path, dest: Path, scale: float) -> Path:
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, dest, ignore=shutil.ignore_patterns(".hfscan-zoo.json"))
+    if scale:
+        gen = torch.Generator().manual_seed(0)
+        sd = load_file(str(dest / "model.safetensors"))
+        sd = {k: v + scale * v.float().std() * torch.randn(v.shape, generator=gen) if v.is_floating_point() and
+              v.numel() > 1 else v for k, v in sd.items()}
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(dest / "model.safetensors"), metadata={"format": "pt"})
+    return dest
+
+
+@pytest.mark.parametrize("case", ["twin", "noisy-twin", "two-twins", "itself"])
+def test_copies_of_the_target_are_set_aside_as_peers(zoo, tmp_path, case):
+    from scanner.pipeline import CheckOptions, check
+
+    target = zoo.path("zoo/backdoor-cf")
+    twin = _noisy_copy(target, tmp_path / "twin", 0.0 if case != "noisy-twin" else 0.01)
+    peers = {"twin": [twin, zoo.path("zoo/clean-1"), zoo.path("zoo/clean-2")],
+             "noisy-twin": [twin, zoo.path("zoo/clean-1"), zoo.path("zoo/clean-2")],
+             "two-twins": [twin, _noisy_copy(target, tmp_path / "twin2", 0.0), zoo.path("zoo/clean-1")],
+             "itself": [target, zoo.path("zoo/clean-1"), zoo.path("zoo/clean-2")]}[case]
+    rep = check(CheckOptions(target=str(target), peers=[str(p) for p in peers], output_dir=tmp_path / "o",
+                             search_budget="off", defend=False))
+    aside = {x["id"]: x["reason"] for x in rep.peers_set_aside}
+    expected = {"twin": ["twin"], "noisy-twin": ["twin"], "two-twins": ["twin", "twin2"], "itself": ["backdoor-cf"]}
+    assert sorted(aside) == expected[case], aside
+    assert rep.verdict != "no_trigger_found" and any(f.trigger == "cf" for f in rep.findings)
+    assert set(aside).isdisjoint(p.id for p in rep.peers)

@@ -37,6 +37,7 @@ def build_report(scan, probed, assessment, defended, started: float) -> ScanRepo
         duration_s=round(time.time() - started, 1),
         tool={"name": "hfscan", "version": __version__},
         discovery=discovery_record(scan.discovery, [p.name for p in probed.peers]),
+        peers_set_aside=[{"id": k, "reason": v} for k, v in scan.set_aside.items()],
     )
 
 

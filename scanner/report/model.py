@@ -17,6 +17,7 @@ Schema 1 (``report.json``)::
                      accuracy_drop, class_drops, within_bound, chosen, ...}]}
     peers           [{id, sha, label_permutation, best_asr, best_trigger, agreement, own_trigger}]
     discovery       {base, tried, kept, rejected: [{id, reason}]} or null (peers given explicitly)
+    peers_set_aside [{id, reason}]: peers that are the target or (near-)copies of it, not used
     publish         {pr: {action, url, num, files}, variant: {action, url, files}} or null
     probe           {set, n, provenance, candidates, positions, limitations, null_gaps, evidence,
                      top: [{trigger, source, target_label_id, position, asr, peer_asr_max, margin}],
@@ -138,6 +139,7 @@ class ScanReport:
     tool: dict = field(default_factory=dict)
     discovery: dict | None = None  # {base, tried, kept: [ids], rejected: [{id, reason}]} when peers were discovered
     publish: dict | None = None  # {pr: {action, url, num, files}, variant: {...}} when asked to publish
+    peers_set_aside: list[dict] = field(default_factory=list)  # [{id, reason}]: the target itself, copies of it
     schema_version: str = SCHEMA_VERSION
 
     @property

@@ -8,7 +8,7 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..discovery import Discovery
@@ -50,6 +50,7 @@ class Scan:
     peers: list[Peer]
     base: ResolvedModel | None
     discovery: Discovery | None = None
+    set_aside: dict[str, str] = field(default_factory=dict)  # peers that are the target or its copies: why
 
 
 def resolve_models(opts, source: ModelSource, log=lambda s: None) -> Scan:
@@ -75,10 +76,25 @@ def resolve_models(opts, source: ModelSource, log=lambda s: None) -> Scan:
                        target.base_path)
     elif peers:  # the same tensors and the same label space (possibly reordered)
         check_compatible(target.weights(), [p.model.weights() for p in peers], [p.name for p in peers])
+    peers, aside = _set_aside_copies(target, peers, log)
     log(f"loading {len(peers)} peers")
     for p in peers:
         p.runner = family.load(p.model)
-    return Scan(family, source, target, runner, inputs, peers, base, discovery)
+    return Scan(family, source, target, runner, inputs, peers, base, discovery, aside)
+
+
+def _set_aside_copies(target: ResolvedModel, peers: list[Peer], log) -> tuple[list[Peer], dict[str, str]]:
+    """Peers that are the target, a copy or a near-copy of it are no null (`twins`): set aside, named."""
+    from .twins import near_copies
+
+    aside = near_copies(target, [p.model for p in peers]) if peers else {}
+    for name, why in aside.items():
+        log(f"peer {name} set aside: {why}")
+    kept = [p for p in peers if p.name not in aside]
+    if peers and not kept:
+        raise NoPeersError(f"{target.name}: every peer is the target or a copy of it "
+                           f"({'; '.join(f'{k}: {v}' for k, v in aside.items())}); give independent fine-tunes")
+    return kept, aside
 
 
 def _discovery_base(opts, target: ResolvedModel, remote) -> str | None:
