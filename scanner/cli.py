@@ -99,9 +99,19 @@ class _Group(click.Group):
 @click.option("--device", envvar="HFSCAN_DEVICE", default="auto", show_default=True,
               help="Where models run: auto (CUDA when available), cpu, cuda or cuda:N. Merging always "
                    "streams on the CPU.")
+@click.option("--config", "config_file", envvar="HFSCAN_CONFIG", type=click.Path(dir_okay=False),
+              help="Settings file (default: ./hfscan.toml, else [tool.hfscan] in ./pyproject.toml).")
 @click.pass_context
-def main(ctx: click.Context, device: str) -> None:
-    """Find and defuse backdoors in fine-tuned Hugging Face models: text classifiers, causal LMs, LoRA adapters."""
+def main(ctx: click.Context, device: str, config_file: str | None) -> None:
+    """Find and defuse backdoors in fine-tuned Hugging Face models: text classifiers, causal LMs, LoRA adapters.
+
+    Options people repeat can live in hfscan.toml (or [tool.hfscan] in pyproject.toml): top-level keys for every
+    command, a [check] table for one; the command line wins."""
+    from . import settings
+
+    table, source = settings.load(config_file)
+    if table:
+        ctx.default_map = settings.defaults_for(ctx.command, table, str(source))
     config.use_device(device)
     ctx.call_on_close(lambda: config.use_device(None))  # one invocation's choice (matters when embedded)
     _exit_cleanly_on_signals()

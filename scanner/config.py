@@ -17,6 +17,7 @@ The device chosen on the command line is held here too (`use_device`), never wri
 | ``HF_HUB_CACHE`` | huggingface_hub's download cache | huggingface_hub's |
 | ``HF_TOKEN`` | read by huggingface_hub itself, never by hfscan; never printed | |
 | ``GITHUB_TOKEN`` / ``GITHUB_API_URL`` | GitHub issues from `publish.github_issue` | none / ``https://api.github.com`` |
+| ``HFSCAN_CONFIG`` | the settings file (``--config``; default ``./hfscan.toml``, else ``[tool.hfscan]``) | none |
 | ``HF_HUB_OFFLINE`` | scan only what is in the Hugging Face cache | off |
 | ``HF_HUB_DISABLE_PROGRESS_BARS`` / ``CI`` | no progress bars | off |
 | ``HFSCAN_WEBHOOK_SECRET`` | the bot: the secret every webhook call must carry (``X-Webhook-Secret``) | none (required) |

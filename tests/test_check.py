@@ -184,3 +184,32 @@ def test_version_and_help_exit_0():
     assert res.exit_code == 0 and res.stdout.startswith("hfscan, version ")
     res = CliRunner().invoke(main, ["check", "--help"])
     assert res.exit_code == 0 and "--fail-on" in res.stdout and "usage error" in res.stdout
+
+
+def test_repeated_options_come_from_hfscan_toml_and_the_command_line_wins(zoo, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    peers = ", ".join(f'"{zoo.path(f"zoo/clean-{i}")}"' for i in (1, 2, 3))
+    (tmp_path / "hfscan.toml").write_text(f'fail-on = "never"\nsearch-budget = "off"\n\n[check]\npeer = [{peers}]\n'
+                                          'no-defend = true\nformat = "json"\n')
+    res = run("check", zoo.path("zoo/backdoor-cf"), "-o", tmp_path / "o")
+    assert res.exit_code == 0, res.stderr  # fail-on never, from the file
+    rep = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert rep["verdict"] == "backdoor" and len(rep["peers"]) == 3 and rep["defense"] is None
+    assert sorted(p.name for p in (tmp_path / "o").iterdir() if not p.name.startswith(".")) == ["report.json"]
+    res = run("check", zoo.path("zoo/backdoor-cf"), "-o", tmp_path / "o2", "--fail-on", "backdoor")
+    assert res.exit_code == 1  # the command line wins
+    (tmp_path / "hfscan.toml").write_text('fial-on = "never"\n')
+    res = CliRunner().invoke(main, ["check", "x"])
+    assert res.exit_code == 3 and "'fial-on' is not an option" in res.stderr
+
+
+def test_pyproject_tool_hfscan_table_is_read(tmp_path, monkeypatch):
+    from scanner import settings
+    from scanner.cli import main as group
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "x"\n\n[tool.hfscan]\nmax-peers = 5\n')
+    table, source = settings.load(None)
+    assert source.name == "pyproject.toml"
+    defaults = settings.defaults_for(group, table)
+    assert defaults["check"]["max_peers"] == 5 and defaults["peers"]["max_peers"] == 5
