@@ -27,7 +27,12 @@ def audit_root(zoo, tmp_path_factory):
     for i, src in enumerate(["zoo/clean-1", "zoo/clean-2", "zoo/clean-3"]):
         _copy(zoo, src, root, f"peer{i}/sentiment", downloads=1000 - i)
     _copy(zoo, "zoo/backdoor-cf", root, "acme/sentiment-pro", downloads=10)
-    _copy(zoo, "zoo/clean-1", root, "acme/yelp-a", downloads=5)
+    # a clean fine-tune of its own (a byte copy of a peer would be set aside as the peer's twin): clean-1 plus noise
+    from test_hardening import _noisy_copy
+
+    _noisy_copy(zoo.path("zoo/clean-1"), root / "acme/yelp-a", 0.03)
+    _card(root / "acme/yelp-a")
+    _meta(root / "acme/yelp-a", downloads=5)
     pick = _copy(zoo, "zoo/clean-2", root, "acme/pickle-only")
     (pick / "model.safetensors").rename(pick / "pytorch_model.bin")
     _card(_copy(zoo, "zoo/clean-2", root, "acme/ner-model"), pipeline="token-classification")
