@@ -274,13 +274,13 @@ def test_the_service_scans_a_push_once_through_replays_bursts_and_a_sigkill(bot_
     url = f"http://127.0.0.1:{port}"
     proc = _serve(tmp_path, bot_hub.url, port)
     try:
-        _wait(url, lambda s: s["status"] == "ok", timeout=120)
+        _wait(url, lambda s: s["status"] == "ok", timeout=300)
         body = payload("acme/sentiment-pro", sha)
         with ThreadPoolExecutor(16) as pool:
             answers = list(pool.map(lambda _: _post(url + "/webhook", body), range(105)))
         statuses = sorted(a[1]["status"] for a in answers)
         assert statuses.count("queued") == 1 and statuses.count("duplicate") == 104, statuses[:3]
-        _wait(url, lambda s: s["running"] == 1, timeout=120)
+        _wait(url, lambda s: s["running"] == 1, timeout=600)
         time.sleep(2)
         proc.kill()  # SIGKILL mid-scan: no cleanup runs
         proc.wait(30)
