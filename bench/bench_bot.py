@@ -76,7 +76,7 @@ def main() -> None:
     while bot.queue.counts()["running"] == 0:
         time.sleep(0.1)
     url = f"http://127.0.0.1:{port}/webhook"
-    bodies = [_payload(f"org{i % 10}/model-{i % 50}", f"{i:040x}") for i in range(args.events)]
+    bodies = [_payload(f"org{i % 10}/model-{i % 50}", f"{i + 1:040x}") for i in range(args.events)]  # 0…0 = deleted
     bodies += bodies[:200]  # replays
     t0 = time.perf_counter()
     with ThreadPoolExecutor(16) as pool:
