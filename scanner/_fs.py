@@ -13,6 +13,9 @@ from typing import Callable, Iterator
 MARKER = ".hfscan-output"  # written into every folder hfscan builds: only such a folder is ever replaced
 
 
+_UMASK = os.umask(0)  # the process's umask, read once (setting it back at once; not per call: threads)
+os.umask(_UMASK)
+
 def replaceable(dest: Path, also: Callable[[Path], bool] | None = None) -> bool:
     """Whether hfscan may replace ``dest``: absent, an empty folder, or a folder hfscan wrote."""
     if not dest.exists() and not dest.is_symlink():
@@ -69,6 +72,7 @@ def atomic_dir(dest: str | os.PathLike, overwrite: bool = True,
         raise OutputExistsError(f"{dest} exists (use --force to replace it)")
     check_replaceable(dest, also)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    tmp.chmod(0o777 & ~_UMASK)  # mkdtemp makes 0700
     try:
         yield tmp
         (tmp / MARKER).write_text("written by hfscan; hfscan may replace this folder\n")
@@ -90,6 +94,7 @@ def atomic_write_text(dest: str | os.PathLike, text: str) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; a report is as readable as any file the user writes
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, dest)

@@ -90,6 +90,13 @@ def test_write_reports_writes_every_format(tmp_path):
     written = write_reports(make_report(), tmp_path, ["json", "md", "sarif", "html", "summary", "card"])
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in written.values())
     assert json.loads((tmp_path / "report.json").read_text())["schema_version"] == "1"
+    import os
+    import stat
+
+    from scanner._fs import _UMASK
+
+    for path in written.values():  # as readable as any file the user writes (mkstemp alone would make 0600)
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o666 & ~_UMASK, path
 
 
 def test_probe_set_is_chosen_from_the_model_labels():
