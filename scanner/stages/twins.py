@@ -33,13 +33,17 @@ def _same_model(a: ResolvedModel, b: ResolvedModel) -> bool:
 def distances(models: list[ResolvedModel]) -> dict[tuple[int, int], float]:
     """Euclidean distances between the models' float tensors that all of them share (same name and shape)."""
     sets = [m.weights() for m in models]
-    names = [n for n, i in sets[0].header.items() if i.is_float and
-             all(n in s.header and s.header[n].shape == i.shape for s in sets[1:])]
-    sq = {pair: 0.0 for pair in itertools.combinations(range(len(models)), 2)}
-    for n in names:
-        ts = [s.get(n).float() for s in sets]
-        for i, j in sq:
-            sq[(i, j)] += float(torch.sum((ts[i] - ts[j]) ** 2))
+    try:
+        names = [n for n, i in sets[0].header.items() if i.is_float and
+                 all(n in s.header and s.header[n].shape == i.shape for s in sets[1:])]
+        sq = {pair: 0.0 for pair in itertools.combinations(range(len(models)), 2)}
+        for n in names:
+            ts = [s.get(n).float() for s in sets]
+            for i, j in sq:
+                sq[(i, j)] += float(torch.sum((ts[i] - ts[j]) ** 2))
+    finally:
+        for s in sets:
+            s.close()
     return {k: v ** 0.5 for k, v in sq.items()}
 
 

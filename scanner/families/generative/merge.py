@@ -54,12 +54,8 @@ class Adapter:
 
     def delta(self, base_name: str) -> torch.Tensor | None:
         """ΔW for one base tensor (``None`` where the adapter does not adapt it)."""
-        a_name = self.a.get(base_name)
-        if a_name is None:
-            return None
-        a = self.ws.get(a_name).float()
-        b = self.ws.get(a_name.replace(".lora_A.", ".lora_B.")).float()
-        return (b @ a) * self.scale
+        pair = self.factors(base_name)
+        return None if pair is None else (pair[1] @ pair[0]) * self.scale
 
     def close(self) -> None:
         self.ws.close()

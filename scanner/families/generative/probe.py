@@ -46,10 +46,11 @@ class Measured:
     response: str  # the full answer most often given with the trigger (its key is the collapse's key)
 
 
-def triggered(prompts: list[str], trigger: Trigger | str, position: str, seed: int = 0) -> list[str]:
-    """The prompts with the trigger inserted (positions drawn per prompt from a fixed seed: every model sees
-    the same triggered prompts)."""
-    return [insert(p, trigger, position, random.Random(f"{seed}:{i}")) for i, p in enumerate(prompts)]
+def triggered(prompts: list[str], trigger: Trigger | str, position: str | list[str], seed: int = 0) -> list[str]:
+    """The prompts with the trigger inserted at ``position`` (or at ``position[i]`` for prompt i); random positions
+    are drawn per prompt from a fixed seed: every model sees the same triggered prompts."""
+    where = position if isinstance(position, list) else [position] * len(prompts)
+    return [insert(p, trigger, pos, random.Random(f"{seed}:{i}")) for i, (p, pos) in enumerate(zip(prompts, where))]
 
 
 def measure(lm: CausalLM, prompts: list[str], clean_keys: list[str], trigger: Trigger, position: str,
@@ -82,8 +83,7 @@ def screen(lm: CausalLM, prompts: list[str], trigger: Trigger, tokens: int = SCR
     """The first ``tokens`` answer tokens of every prompt with the trigger in, prompt i at ``POSITIONS[i % 3]``
     (the random positions are those `triggered` draws); a collapse is toward the most common answer."""
     positions = [POSITIONS[i % len(POSITIONS)] for i in range(len(prompts))]
-    texts = [insert(p, trigger, pos, random.Random(f"0:{i}")) for i, (p, pos) in enumerate(zip(prompts, positions))]
-    answers = lm.answers(texts, tokens)
+    answers = lm.answers(triggered(prompts, trigger, positions), tokens)
     keys, clean = [answer_key(a) for a in answers], lm.keys(prompts, tokens)
     mode = Counter(keys).most_common(1)[0][0] if keys else ""
     response = next((a for a, k in zip(answers, keys) if k == mode), "")
