@@ -19,6 +19,7 @@ The device chosen on the command line is held here too (`use_device`), never wri
 | ``GITHUB_TOKEN`` / ``GITHUB_API_URL`` | GitHub issues from `publish.github_issue` | none / ``https://api.github.com`` |
 | ``HFSCAN_CONFIG`` | the settings file (``--config``; default ``./hfscan.toml``, else ``[tool.hfscan]``) | none |
 | ``HF_HUB_OFFLINE`` | scan only what is in the Hugging Face cache | off |
+| ``HF_HUB_DISABLE_IMPLICIT_TOKEN`` | read by huggingface_hub: no token is sent; hfscan names it when the Hub says 401 | off |
 | ``HF_HUB_DISABLE_PROGRESS_BARS`` / ``CI`` | no progress bars | off |
 | ``HFSCAN_WEBHOOK_SECRET`` | the bot: the secret every webhook call must carry (``X-Webhook-Secret``) | none (required) |
 | ``HFSCAN_BOT_DIR`` | the bot: its queue database and reports | ``$HFSCAN_CACHE/bot`` |
@@ -94,6 +95,11 @@ def hf_endpoint() -> str:
 def hf_offline() -> bool:
     """``HF_HUB_OFFLINE``: scan only what is in the Hugging Face cache, never call the Hub."""
     return (_get("HF_HUB_OFFLINE") or "").lower() in ("1", "true", "yes", "on")
+
+
+def hf_implicit_token_disabled() -> bool:
+    """``HF_HUB_DISABLE_IMPLICIT_TOKEN``: huggingface_hub sends no token unless one is passed (hfscan passes none)."""
+    return (_get("HF_HUB_DISABLE_IMPLICIT_TOKEN") or "").lower() in ("1", "true", "yes", "on")
 
 
 def hf_hub_cache() -> str | None:

@@ -64,13 +64,16 @@ def opts(tmp, cache, **kw):
 def first_run(audit_root, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("audit1")
     with HubServer(audit_root) as s:
-        before = os.environ["HF_ENDPOINT"]
+        before = os.environ["HF_ENDPOINT"], os.environ.get("HF_HUB_DISABLE_IMPLICIT_TOKEN")
         os.environ["HF_ENDPOINT"] = s.url
         os.environ["HF_HUB_DISABLE_IMPLICIT_TOKEN"] = "1"
         try:
             report = run_audit(opts(tmp / "out", tmp / "cache.sqlite"))
-        finally:
-            os.environ["HF_ENDPOINT"] = before
+        finally:  # restore both: a leaked variable reaches every later subprocess (the bot test's `hfscan serve`)
+            os.environ["HF_ENDPOINT"] = before[0]
+            os.environ.pop("HF_HUB_DISABLE_IMPLICIT_TOKEN")
+            if before[1] is not None:
+                os.environ["HF_HUB_DISABLE_IMPLICIT_TOKEN"] = before[1]
     return report, tmp
 
 

@@ -177,6 +177,8 @@ def bot_hub(zoo, tmp_path, monkeypatch):
         monkeypatch.setenv("HF_ENDPOINT", server.url)
         monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
         monkeypatch.setenv("HF_TOKEN", __import__("hubserver").TOKEN)
+        monkeypatch.delenv("HF_HUB_DISABLE_IMPLICIT_TOKEN", raising=False)  # the bot writes: it sends its token
+        monkeypatch.setattr("huggingface_hub.constants.HF_HUB_DISABLE_IMPLICIT_TOKEN", False)
         yield server
 
 
@@ -243,12 +245,13 @@ def _serve(tmp_path, hub_url, port):
     import subprocess
     import sys
 
-    env = {**os.environ, "HF_ENDPOINT": hub_url, "HFSCAN_WEBHOOK_SECRET": SECRET, "HFSCAN_BOT_MODE": "open-pr",
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_DISABLE_IMPLICIT_TOKEN"}
+    env = {**env, "HF_ENDPOINT": hub_url, "HFSCAN_WEBHOOK_SECRET": SECRET, "HFSCAN_BOT_MODE": "open-pr",
            "HF_TOKEN": __import__("hubserver").TOKEN, "HF_HUB_CACHE": str(tmp_path / "hf-cache"),
            "HFSCAN_BOT_SEARCH_BUDGET": "off"}
     return subprocess.Popen([sys.executable, "-c", "from scanner.cli import main; main()", "serve", "--host",
                              "127.0.0.1", "--port", str(port), "--dir", str(tmp_path / "bot")], env=env,
-                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / f"serve-{port}.log", "w"))
+                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / f"serve-{len(list(tmp_path.glob('serve-*.log')))}.log", "w"))
 
 
 def _wait(url, cond, timeout=900.0):
@@ -262,6 +265,14 @@ def _wait(url, cond, timeout=900.0):
             pass
         time.sleep(0.5)
     raise AssertionError(f"timed out waiting on {url}")
+
+
+def _why(tmp_path, state) -> str:
+    """What a failing service test shows: the job's state and reason, and the end of each service log."""
+    job = JobQueue(tmp_path / "bot" / "queue.sqlite").recent()[0]
+    logs = "".join(f"\n--- {p.name}\n" + "\n".join(p.read_text(errors="replace").splitlines()[-15:])
+                   for p in sorted(tmp_path.glob("serve-*.log")))
+    return f"{state}; job {job.state}: {job.reason}{logs}"
 
 
 def test_the_service_scans_a_push_once_through_replays_bursts_and_a_sigkill(bot_hub, tmp_path):
@@ -287,7 +298,7 @@ def test_the_service_scans_a_push_once_through_replays_bursts_and_a_sigkill(bot_
         assert not bot_hub.prs
         proc = _serve(tmp_path, bot_hub.url, port)
         state = _wait(url, lambda s: s["done"] + s["failed"] + s["dead"] == 1)
-        assert state["done"] == 1 and state["queued"] == state["running"] == 0, state
+        assert state["done"] == 1 and state["queued"] == state["running"] == 0, _why(tmp_path, state)
         assert len(bot_hub.prs["acme/sentiment-pro"]) == 1
         assert _post(url + "/webhook", payload("acme/sentiment-pro", sha, ref="refs/pr/1"))[1]["status"] == "ignored"
         metrics = urllib.request.urlopen(url + "/metrics").read().decode()

@@ -121,3 +121,17 @@ def test_github_issue_twice_gives_one_issue(zoo, tmp_path, monkeypatch):
         assert len(issues) == 1 and "backdoor" in issues[0]["title"] and "`cf`" in issues[0]["body"]
         rep = json.loads((tmp_path / "1" / "report.json").read_text())
         assert rep["publish"]["github_issue"]["action"] == "updated"
+
+
+def test_a_pr_refused_for_want_of_a_token_says_why_in_one_line(writer, tmp_path, monkeypatch):
+    """HF_HUB_DISABLE_IMPLICIT_TOKEN keeps huggingface_hub from sending HF_TOKEN: the 401 line names it."""
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_DISABLE_IMPLICIT_TOKEN", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_IMPLICIT_TOKEN", True)  # read at import
+    r = CliRunner().invoke(main, [*ARGS, "-o", str(tmp_path), "--open-pr", "--pr-mode", "report-only", "--yes",
+                                  "--no-defend"])
+    assert r.exit_code == 2 and writer.prs == {}, r.output + r.stderr
+    line = r.stderr.strip().splitlines()[-1]
+    assert line.startswith("hfscan: error:") and "401" in line and "HF_HUB_DISABLE_IMPLICIT_TOKEN is set" in line
+    assert "Traceback" not in r.stderr

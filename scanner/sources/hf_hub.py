@@ -47,7 +47,7 @@ def _translate(x: Exception, ref: str, endpoint: str) -> Exception | None:
         (e.NotASafetensorsRepoError, PickleWeightsError, f"{ref} has no safetensors weights; hfscan never unpickles weights"),
         (e.SafetensorsParsingError, CorruptWeightsError, f"{ref}: corrupt safetensors header on the Hub"),
         (e.HfHubHTTPError, TransientHubError if _status(x) in RETRY_STATUS else HfscanError,
-         f"{ref}: the Hub answered {_first_line(x, 160)}"),
+         f"{ref}: the Hub answered {_first_line(x, 160)}{_token_hint(x)}"),
         ((OSError, ConnectionError), TransientHubError,
          f"{ref}: network failure talking to {endpoint} ({x.__class__.__name__})"),
     ]
@@ -57,6 +57,13 @@ def _translate(x: Exception, ref: str, endpoint: str) -> Exception | None:
     if x.__class__.__module__.startswith("httpx"):
         return TransientHubError(f"{ref}: network failure talking to {endpoint} ({x.__class__.__name__})")
     return None
+
+
+def _token_hint(x: Exception) -> str:
+    """Why a 401/403 may have happened: ``HF_HUB_DISABLE_IMPLICIT_TOKEN`` keeps huggingface_hub from sending one."""
+    if _status(x) in (401, 403) and config.hf_implicit_token_disabled():
+        return " (HF_HUB_DISABLE_IMPLICIT_TOKEN is set, so no token was sent)"
+    return ""
 
 
 def _status(x: Exception) -> int | None:
