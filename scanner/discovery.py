@@ -59,6 +59,12 @@ class Discovery:
     kept: list[Peer] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
     tried: str = ""
+    reserve: list[RemoteModel] = field(default_factory=list)  # compatible, ranked, not yet vetted by behaviour
+    vet: Callable[[int], list[Peer]] | None = field(default=None, repr=False, compare=False)
+
+    def more(self, n: int) -> list[Peer]:
+        """Up to ``n`` more peers from the reserve, vetted like the first (when vetting set peers aside)."""
+        return self.vet(n) if self.vet is not None and n > 0 else []
 
 
 def base_of(target: RemoteModel, override: str | None = None) -> str | None:
@@ -169,12 +175,26 @@ def discover(
     cands = hub.list_finetunes(base, pipeline_tag=tag, limit=limit, relation=relation)
     log(f"discovery: {len(cands)} {kind} of {base} listed")
     survivors = _compatible(hub, target, cands, family, found, relation == "adapter")
+    _other_kind(hub, base, relation, limit, {c.repo_id for c in cands} | {target.repo_id}, found)
     survivors.sort(key=lambda c: (c.author == target.author, -c.downloads, -c.likes, c.created_at or ""))
     n_labels = family.num_labels(target_model)
-    for c in survivors:
-        if len(found.kept) >= max_peers:
-            found.rejected.append(Rejected(c.repo_id, f"compatible, but not among the top {max_peers} by trust signals"))
-            continue
+    found.reserve = survivors
+
+    def vet(n: int) -> list[Peer]:
+        return _vet(hub, found, n, target_pred, inputs, family, n_labels, min_agreement, prepare, log)
+
+    found.vet = vet
+    vet(max_peers)
+    return found
+
+
+def _vet(hub, found: Discovery, n: int, target_pred, inputs, family, n_labels: int, min_agreement: float, prepare,
+         log) -> list[Peer]:
+    """Take candidates from ``found.reserve`` (best ranked first) until ``n`` more behave like the target's task."""
+    found.rejected = [r for r in found.rejected if not r.reason.startswith(NOT_TOP)]
+    new: list[Peer] = []
+    while found.reserve and len(new) < n:
+        c = found.reserve.pop(0)
         try:
             model = prepare(hub.fetch(c))
             pred = family.clean_outputs(family.load(model), inputs)
@@ -186,10 +206,35 @@ def discover(
             found.rejected.append(Rejected(c.repo_id, f"behaves like another task: best agreement with the target "
                                                       f"{agree:.2f} < {min_agreement:.2f} (labels mapped {perm})"))
             continue
-        found.kept.append(Peer(c, model, perm, agree))
+        new.append(Peer(c, model, perm, agree))
         mapped = f", labels mapped {perm}" if perm != list(range(len(perm))) else ""
         log(f"discovery: peer {c.repo_id} (agreement {agree:.2f}{mapped})")
-    return found
+    found.kept += new
+    _settle(found)
+    return new
+
+
+def _other_kind(hub, base: str, relation: str, limit: int, seen: set[str], found: Discovery) -> None:
+    """Models of the base of the other kind (adapters for a full fine-tune, full fine-tunes for an adapter) are
+    no peers; each is named with its reason, so none is silently missing from the candidates."""
+    other = "finetune" if relation == "adapter" else "adapter"
+    why = ("a full fine-tune; the target is a LoRA adapter" if other == "finetune"
+           else "a LoRA adapter of the base; the target is a full fine-tune (adapters are compared with adapters)")
+    try:
+        listed = hub.list_finetunes(base, pipeline_tag=None, limit=limit, relation=other)
+    except HfscanError:
+        return  # the peers of the target's own kind are what discovery needs; this listing only explains
+    found.rejected += [Rejected(c.repo_id, why) for c in listed if c.repo_id not in seen]
+
+
+NOT_TOP = "compatible, but not needed"
+
+
+def _settle(found: Discovery) -> None:
+    """Every candidate still in the reserve gets its reason: enough peers ranked above it were found."""
+    found.rejected = [r for r in found.rejected if not r.reason.startswith(NOT_TOP)]
+    found.rejected += [Rejected(c.repo_id, f"{NOT_TOP}: {len(found.kept)} peers ranked above it by trust signals "
+                                           "were found first") for c in found.reserve]
 
 
 def _compatible(hub, target: RemoteModel, cands: list[RemoteModel], family, found: Discovery,

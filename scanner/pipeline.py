@@ -1,4 +1,4 @@
-"""`check`: the whole pipeline for one model, resolve → probe → assess → defend → report.
+"""`check`: the whole pipeline for one model, resolve → probe → assess (→ refill) → defend → report.
 
 Example:
     >>> report = check(CheckOptions(target="models/suspect", peers=["models/p1", "models/p2", "models/p3"]))
@@ -18,7 +18,7 @@ from .probe.verdict import Thresholds
 from .report import ScanReport
 from .report.build import build_report
 from .sources import ModelSource
-from .stages import assess_scan, defend_scan, probe_models, resolve_models
+from .stages import assess_scan, defend_scan, probe_models, refill_peers, resolve_models
 
 
 @dataclass
@@ -60,5 +60,6 @@ def check(opts: CheckOptions, source: ModelSource | None = None, log: Callable[[
     scan = resolve_models(opts, source, log)
     probed = probe_models(scan, opts.search_budget, opts.thresholds.suspicious_asr, log, progress)
     assessment = assess_scan(probed, opts.thresholds, scan.target.labels, log, scan.family)
+    scan, probed, assessment = refill_peers(scan, probed, assessment, opts, log, progress)
     defended = defend_scan(scan, probed, assessment, opts, log, progress) if opts.defend else None
     return build_report(scan, probed, assessment, defended, started)

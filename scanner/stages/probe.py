@@ -22,6 +22,7 @@ class Probed:
     candidates: list[Trigger]
     target: ProbeResult
     peers: list[Peer]  # the scan's peers, each with its ProbeResult in the target's label ids
+    notes: list[str] = dataclasses.field(default_factory=list)  # what the target's weights show besides triggers
 
 
 def probe_models(scan: Scan, search_budget: str, threshold: float, log=lambda s: None,
@@ -32,10 +33,16 @@ def probe_models(scan: Scan, search_budget: str, threshold: float, log=lambda s:
     """
     family, inputs = scan.family, scan.inputs
     log("gathering candidate triggers (library, weight-space differential, gradient search)")
+    notes: list[str] = []
+
+    def note(line: str) -> None:
+        log(line)
+        notes.append(line)
+
     candidates = family.candidates([scan.target, *[p.model for p in scan.peers]],
                                    [scan.runner, *[p.runner for p in scan.peers]], inputs,
                                    scan.base.path if scan.base else None, search_budget, log,
-                                   lambda done, total: progress("search", done, total))
+                                   lambda done, total: progress("search", done, total), note=note)
     log(f"verifying {len(candidates)} candidates on {scan.target.name} and {len(scan.peers)} peers "
         f"({len(inputs.texts)} inputs)")
     total = 1 + len(scan.peers)
@@ -48,7 +55,7 @@ def probe_models(scan: Scan, search_budget: str, threshold: float, log=lambda s:
         peers.append(dataclasses.replace(p, probe=res))
         progress("verify", i + 2, total)
     _align(family, inputs, target, peers, threshold)
-    return Probed(candidates, target, peers)
+    return Probed(candidates, target, peers, notes)
 
 
 def _align(family, inputs, target: ProbeResult, peers: list[Peer], threshold: float) -> None:

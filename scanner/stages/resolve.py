@@ -64,11 +64,47 @@ def resolve_models(opts, source: ModelSource, log=lambda s: None) -> Scan:
     family = family_for(target.config, target.name)
     inputs = family.probe_inputs(target, opts.probe_data, opts.max_probe or family.default_probe)
     runner = family.load(target)
+    problem = family.input_problem(runner, inputs)
+    if problem:
+        raise UnsupportedModelError(f"{target.name}: {problem}")
     discovery, hub, named = None, source.peer_hub, _discovery_base(opts, target, remote)
     if not given and opts.discover and hub is not None and (named or not isinstance(source, FolderSource)):
         peers, discovery = _discover(hub, remote, target, base, family, runner, inputs, opts, named, log)
     else:
         peers = [Peer(p, family.label_map(target, p)) for p in given]
+    peers, aside = ready_peers(family, target, peers, log)
+    if given and family.aligns_by_behaviour:
+        _align_generic(family, target, runner, inputs, peers, log)
+    return Scan(family, source, target, runner, inputs, peers, base, discovery, aside)
+
+
+def _align_generic(family: ModelFamily, target: ResolvedModel, runner, inputs: ProbeInputs, peers: list[Peer], log,
+                   min_agreement: float = 0.7) -> None:
+    """Explicit peers whose label names mean nothing (``LABEL_0/LABEL_1``, on either side) are aligned by
+    behaviour, as discovery aligns its candidates: the label map that agrees most with the target's answers.
+    One that agrees too little under every map is another task and is refused."""
+    from ..merge.heads import is_generic
+
+    generic = [p for p in peers if is_generic(target.labels) or is_generic(p.model.labels)]
+    if not generic:
+        return
+    target_pred = family.clean_outputs(runner, inputs)
+    for p in generic:
+        perm, agree = family.align_answers(target_pred, family.clean_outputs(p.runner, inputs),
+                                           family.num_labels(target))
+        if agree < min_agreement:
+            raise IncompatibleModelsError(
+                f"{p.name}: its label names say nothing ({', '.join(p.model.labels)}) and it agrees with the target "
+                f"on {agree:.0%} of the probe inputs under the best label map {perm}: not the same task")
+        if perm != p.perm:
+            log(f"peer {p.name}: generic labels aligned by behaviour (labels mapped {perm}, agreement {agree:.2f})")
+        p.perm = perm
+
+
+def ready_peers(family: ModelFamily, target: ResolvedModel, peers: list[Peer], log,
+                known: list[Peer] = ()) -> tuple[list[Peer], dict]:
+    """Check that ``peers`` can be compared and merged with ``target``, set its copies aside, load the rest
+    (``known``: peers already in the scan, the yardstick for near-copies among the new ones)."""
     if peers and target.is_adapter:  # updates that fit the base; ranks and module sets may differ
         from ..families.generative.merge import check_adapters
 
@@ -76,22 +112,25 @@ def resolve_models(opts, source: ModelSource, log=lambda s: None) -> Scan:
                        target.base_path)
     elif peers:  # the same tensors and the same label space (possibly reordered)
         check_compatible(target.weights(), [p.model.weights() for p in peers], [p.name for p in peers])
-    peers, aside = _set_aside_copies(target, peers, log)
+    peers, aside = _set_aside_copies(target, peers, log, list(known))
     log(f"loading {len(peers)} peers")
     for p in peers:
         p.runner = family.load(p.model)
-    return Scan(family, source, target, runner, inputs, peers, base, discovery, aside)
+    return peers, aside
 
 
-def _set_aside_copies(target: ResolvedModel, peers: list[Peer], log) -> tuple[list[Peer], dict[str, str]]:
+def _set_aside_copies(target: ResolvedModel, peers: list[Peer], log,
+                      known: list[Peer]) -> tuple[list[Peer], dict[str, str]]:
     """Peers that are the target, a copy or a near-copy of it are no null (`twins`): set aside, named."""
     from .twins import near_copies
 
-    aside = near_copies(target, [p.model for p in peers]) if peers else {}
+    new = {p.name for p in peers}
+    aside = near_copies(target, [p.model for p in [*known, *peers]]) if peers else {}
+    aside = {name: why for name, why in aside.items() if name in new}
     for name, why in aside.items():
         log(f"peer {name} set aside: {why}")
     kept = [p for p in peers if p.name not in aside]
-    if peers and not kept:
+    if peers and not kept and not known:
         raise NoPeersError(f"{target.name}: every peer is the target or a copy of it "
                            f"({'; '.join(f'{k}: {v}' for k, v in aside.items())}); give independent fine-tunes")
     return kept, aside
