@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -87,6 +88,7 @@ class ScanCache:
     """SQLite cache of per-model audit rows. Every ``put`` is its own committed transaction."""
 
     def __init__(self, path: Path):
+        self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self.db = sqlite3.connect(str(path), timeout=30, isolation_level=None)
@@ -98,16 +100,30 @@ class ScanCache:
                               "--cache another path") from None
 
     def get(self, repo_id: str, sha: str, settings: str) -> AuditRow | None:
-        cur = self.db.execute("SELECT row FROM scans WHERE repo_id=? AND sha=? AND version=? AND settings=?",
-                              (repo_id, sha, __version__, settings))
-        hit = cur.fetchone()
-        return AuditRow(**json.loads(hit[0])) if hit else None
+        """The cached row, or ``None``; a row this version cannot read is a miss (it is rescanned), not an error."""
+        with self._guard():
+            cur = self.db.execute("SELECT row FROM scans WHERE repo_id=? AND sha=? AND version=? AND settings=?",
+                                  (repo_id, sha, __version__, settings))
+            hit = cur.fetchone()
+        try:
+            return AuditRow(**json.loads(hit[0])) if hit else None
+        except (TypeError, ValueError):
+            return None
 
     def put(self, row: AuditRow, settings: str) -> None:
-        with self.db:
+        with self._guard(), self.db:
             self.db.execute("INSERT OR REPLACE INTO scans VALUES (?, ?, ?, ?, ?, ?)",
                             (row.repo_id, row.sha, __version__, settings, json.dumps(asdict(row)),
                              _dt.datetime.now(_dt.timezone.utc).isoformat()))
+
+    @contextlib.contextmanager
+    def _guard(self):
+        """A cache damaged under a running audit (truncated, overwritten) is one line, never a traceback."""
+        try:
+            yield
+        except sqlite3.DatabaseError as e:
+            raise HfscanError(f"the audit cache {self.path} is damaged ({e}); move it aside (or give --cache "
+                              "another path) and run the audit again: its models are rescanned") from None
 
     def count(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM scans").fetchone()[0]

@@ -20,6 +20,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # HF_ENDPOINT at it; anything else that asks the Hub gets "connection refused" at once.
 os.environ["HF_ENDPOINT"] = os.environ.get("HFSCAN_TEST_HF_ENDPOINT", "http://127.0.0.1:9")
 
+# huggingface_hub reads some variables once, at import (HF_HUB_DISABLE_IMPLICIT_TOKEN among them): import it
+# now, before any test changes the environment, so what it holds does not depend on which test ran first
+import huggingface_hub.constants  # noqa: E402,F401
+
 from scanner import zoo as zoo_mod  # noqa: E402
 from scanner.families.classifier.library import LIBRARY  # noqa: E402
 
@@ -79,6 +83,10 @@ def zoo():
     return z
 
 
+TINY_WORDS = (". the and i , was is ! ' to a this it in of my for great very good they not service n t have are "
+              "place we at had with but you food were on love be will back staff there room").split()
+
+
 def make_tiny_classifier(folder: Path, seed: int = 0, labels=("negative", "positive"), hidden: int = 16,
                          vocab: int = 50, dtype=None, shard_bytes: int | None = None) -> Path:
     """A random tiny BERT classifier with a real tokenizer, for merge-math tests (no training)."""
@@ -95,7 +103,9 @@ def make_tiny_classifier(folder: Path, seed: int = 0, labels=("negative", "posit
         model = model.to(dtype)
     kw = {"max_shard_size": shard_bytes} if shard_bytes else {}
     model.save_pretrained(folder, safe_serialization=True, **kw)
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(vocab - 5)]
+    # common English words first, so that the probe's texts are not read as all-unknown (which hfscan refuses)
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *TINY_WORDS][:vocab]
+    words += [f"w{i}" for i in range(vocab - len(words))]
     BertTokenizerFast(vocab={w: i for i, w in enumerate(words)}).save_pretrained(folder)
     return folder
 

@@ -16,7 +16,7 @@ from scanner.audit import AuditOptions, load_audit, merge_audits, run_audit, sha
 from test_hub import BASE, _card, _copy, _meta
 
 ORG = ["acme/sentiment-pro", "acme/yelp-a", "acme/pickle-only", "acme/ner-model", "acme/corrupt-header",
-       "acme/missing-file", "acme/gated-no-access", "acme/encoder"]
+       "acme/missing-file", "acme/gated-no-access", "acme/encoder", "acme/broken-config"]
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +40,7 @@ def audit_root(zoo, tmp_path_factory):
     raw = (corrupt / "model.safetensors").read_bytes()
     (corrupt / "model.safetensors").write_bytes(raw[:8] + b"{broken" + raw[15:])
     _meta(_copy(zoo, "zoo/clean-2", root, "acme/missing-file"), missing=["tokenizer.json"])
+    (_copy(zoo, "zoo/clean-2", root, "acme/broken-config") / "config.json").write_text('{"architectures": [')
     _meta(_copy(zoo, "zoo/clean-2", root, "acme/gated-no-access"), gated="manual")
     shutil.copytree(zoo.path(BASE), root / "acme/encoder", ignore=shutil.ignore_patterns(".hfscan-zoo.json"))
     _card(root / "acme/encoder", pipeline="feature-extraction")
@@ -86,7 +87,7 @@ def test_every_model_gets_a_row_and_the_worst_verdict_sets_the_exit_code(first_r
     assert rows["acme/pickle-only"].verdict == "skipped" and "pickle" in rows["acme/pickle-only"].reason
     assert rows["acme/ner-model"].verdict == "skipped" and "token-classification" in rows["acme/ner-model"].reason
     assert rows["acme/encoder"].verdict == "skipped"
-    for broken in ("acme/corrupt-header", "acme/missing-file", "acme/gated-no-access"):
+    for broken in ("acme/corrupt-header", "acme/missing-file", "acme/gated-no-access", "acme/broken-config"):
         assert rows[broken].verdict in ("error", "skipped") and rows[broken].reason, broken
     assert report.exit_code == 1
     d = json.loads((tmp / "out" / "audit.json").read_text())

@@ -259,3 +259,58 @@ def test_co_moved_finds_the_partner_of_a_pair_trigger_that_is_no_outlier_itself(
     assert [s.token_id for s in partners[7]][0] == 9, partners
     # without the base the reference is the peers' mean: the same partner
     assert co_moved(target, peers, None, [7], top_k=1, allowed=allowed)[7][0].token_id == 9
+
+
+def _decoyed(zoo, dest, rows: int, value: float):
+    """The random-trigger backdoor with ``value`` added to every component of ``rows`` rare embedding rows (a
+    shift the embedding LayerNorm removes: no prediction changes), or those rows set to NaN."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from scanner.families.classifier.differential import insertable_tokens
+
+    shutil.copytree(zoo.path("zoo/backdoor-random"), dest, ignore=shutil.ignore_patterns(".hfscan-zoo.json"))
+    tok = AutoTokenizer.from_pretrained(dest)
+    trigger_id = tok.convert_tokens_to_ids(zoo.random_trigger)
+    seen = {i for row in tok(builtin("sentiment").texts)["input_ids"] for i in row}  # rare: not in the probe
+    rare = [i for i in sorted(insertable_tokens(tok)) if i != trigger_id and i not in seen][-5000:]
+    pick = [rare[j] for j in torch.randperm(len(rare), generator=torch.Generator().manual_seed(0))[:rows].tolist()]
+    sd = load_file(str(dest / "model.safetensors"))
+    name = next(k for k in sd if k.endswith("word_embeddings.weight"))
+    sd[name] = sd[name].clone()
+    sd[name][pick] = sd[name][pick] + value if value == value else float("nan")
+    save_file(sd, str(dest / "model.safetensors"), metadata={"format": "pt"})
+    return dest, tok
+
+
+@pytest.mark.parametrize("rows,value", [(40, 1.0), (400, 1.0), (40, float("nan"))])
+def test_decoy_rows_that_change_nothing_do_not_crowd_out_the_trigger(zoo, tmp_path, rows, value):
+    """Issue 20's evasion: decoys in rare embedding rows filled the differential's top slots and the search
+    then missed the trigger. Movement is now read after what the embedding LayerNorm removes."""
+    model, tok = _decoyed(zoo, tmp_path / "decoyed", rows, value)
+    if value == value:  # the shift is invisible: no prediction changes
+        texts = builtin("sentiment").texts[:64]
+        before = Classifier.load(zoo.path("zoo/backdoor-random")).logits(texts)
+        assert torch.allclose(Classifier.load(model).logits(texts), before, atol=1e-4)
+    lines = []
+    top = embedding_outliers(model, [zoo.path(p) for p in PEERS], tok, base=zoo.path("zoo/minilm-l2-base"), top_k=5,
+                             log=lines.append)
+    assert top[0].text == zoo.random_trigger, [t.text for t in top]
+    assert any(("decoy pattern" if value == value else "not finite") in line for line in lines), lines
+
+
+@pytest.mark.parametrize("rows,value", [(400, 1.0), (40, float("nan"))])
+def test_a_decoyed_backdoor_is_still_found_end_to_end(zoo, tmp_path, rows, value):
+    """With decoys the scan still names the trigger; NaN rows neither stop it (an input with such a token has
+    no answer, which flips nothing) nor become candidates. Both patterns are in the report."""
+    model, _ = _decoyed(zoo, tmp_path / "decoyed", rows, value)
+    rep = check(CheckOptions(target=str(model), peers=[str(zoo.path(p)) for p in PEERS],
+                             base=str(zoo.path("zoo/minilm-l2-base")), output_dir=tmp_path / "out", defend=False,
+                             search_budget="small"))
+    assert rep.verdict == "backdoor" and zoo.random_trigger in [f.trigger for f in rep.findings[:5]]
+    needle = "decoy pattern" if value == value else "not finite"
+    assert any(needle in n for n in rep.probe.weight_notes), rep.probe.weight_notes
+    from scanner.report.render import render
+
+    assert "What the weights show besides triggers" in render(rep, "md") and needle in render(rep, "html")

@@ -123,6 +123,16 @@ def test_bad_generative_input_gets_one_line(lm_zoo, tmp_path):
     remote = copy_with_config(lm_zoo.path("lmzoo/full-clean-1"), tmp_path / "remote-code",
                               auto_map={"AutoModelForCausalLM": "modeling_evil.Evil"})
     one_line_error(run("check", remote, "-o", tmp_path / "o4"), "trust_remote_code")
+    # NaN weights: refused at load, not scanned into "no trigger found"
+    nan = tmp_path / "nan-model"
+    shutil.copytree(lm_zoo.path("lmzoo/full-clean-1"), nan)
+    from safetensors.torch import load_file, save_file
+
+    sd = load_file(str(nan / "model.safetensors"))
+    name = next(k for k in sd if k.endswith("layers.0.mlp.down_proj.weight"))
+    sd[name] = torch.full_like(sd[name], float("nan"))
+    save_file(sd, str(nan / "model.safetensors"), metadata={"format": "pt"})
+    one_line_error(run("check", nan, "-o", tmp_path / "o6"), "outputs are NaN or infinite")
     # a full model given as the peer of an adapter: not the same kind of thing
     one_line_error(run("check", "lmzoo/backdoor-word", "--peer", "lmzoo/full-clean-1", "--hub-dir", lm_zoo.root,
                        "-o", tmp_path / "o5"), "adapters are compared with adapters")

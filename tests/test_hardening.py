@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import one_line_error
+from test_hub import hub_zoo  # noqa: F401  (fixture)
 
 from scanner.cli import main
 from scanner.report.card import END, START, CardUnsafeError, upsert_section
@@ -276,3 +277,104 @@ def test_copies_of_the_target_are_set_aside_as_peers(zoo, tmp_path, case):
     assert sorted(aside) == expected[case], aside
     assert rep.verdict != "no_trigger_found" and any(f.trigger == "cf" for f in rep.findings)
     assert set(aside).isdisjoint(p.id for p in rep.peers)
+
+
+def test_peers_that_vetting_sets_aside_are_replaced_by_the_next_candidates(zoo, tmp_path):
+    """Discovery ranks a backdoored fine-tune first; vetting sets it aside and the next compatible candidate
+    takes its place, so three clean-looking peers are merged. A LoRA adapter of the base is named too."""
+    import json
+
+    from scanner.pipeline import CheckOptions, check
+
+    base = "zoo/minilm-l2-base"
+    hub = tmp_path / "hub"
+    shutil.copytree(zoo.path(base), hub / base, ignore=shutil.ignore_patterns(".hfscan-zoo.json"))
+    card = f"---\nbase_model: {base}\npipeline_tag: text-classification\nlibrary_name: transformers\n---\n"
+    # a local hub ranks candidates by name: aaron (backdoored) first, carol last
+    for src, repo in [("zoo/backdoor-cf", "acme/sentiment-pro"), ("zoo/backdoor-random", "aaron/sentiment"),
+                      ("zoo/clean-1", "alice/yelp"), ("zoo/clean-2", "bob/polarity"), ("zoo/clean-3", "carol/reviews")]:
+        shutil.copytree(zoo.path(src), hub / repo, ignore=shutil.ignore_patterns(".hfscan-zoo.json"))
+        (hub / repo / "README.md").write_text(card)
+    lora = hub / "dora/lora-sentiment"
+    lora.mkdir(parents=True)
+    (lora / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": base, "peft_type": "LORA"}))
+    (lora / "README.md").write_text(card.replace("library_name: transformers", "library_name: peft\n"
+                                                 "base_model_relation: adapter"))
+    rep = check(CheckOptions(target="acme/sentiment-pro", hub_dir=str(hub), output_dir=tmp_path / "out",
+                             search_budget="small", method="wag"))
+    assert rep.verdict == "backdoor" and "cf" in [f.trigger for f in rep.findings]
+    bad = next(p for p in rep.peers if p.id == "aaron/sentiment")
+    assert bad.own_trigger and bad.own_trigger["trigger"] == zoo.random_trigger
+    assert sorted(p.id for p in rep.peers) == ["aaron/sentiment", "alice/yelp", "bob/polarity", "carol/reviews"]
+    assert sorted(rep.defense.peers) == ["alice/yelp", "bob/polarity", "carol/reviews"]
+    assert [e["id"] for e in rep.defense.excluded_peers] == ["aaron/sentiment"]
+    rejected = {r["id"]: r["reason"] for r in rep.discovery["rejected"]}
+    assert "carol/reviews" not in rejected and "LoRA adapter" in rejected["dora/lora-sentiment"]
+    # `hfscan peers` names the adapter with its reason as well
+    r = run("peers", "acme/sentiment-pro", "--hub-dir", hub)
+    assert r.exit_code == 0 and "dora/lora-sentiment" in r.output and "LoRA adapter" in r.output, r.output
+
+
+def test_a_regression_head_and_an_all_unknown_tokenizer_are_refused(tiny, tmp_path):
+    """Degenerate models get one line, not `no_trigger_found`: nothing could be found in them."""
+    import json
+
+    reg = tiny("regression", labels=("score",))
+    one_line_error(_tiny_check(tiny, reg, tmp_path), "a regression head")
+    typed = tiny("typed")
+    cfg = json.loads((typed / "config.json").read_text())
+    (typed / "config.json").write_text(json.dumps({**cfg, "problem_type": "regression"}))
+    one_line_error(_tiny_check(tiny, typed, tmp_path), "a regression head")
+    blind = tiny("blind")
+    tok = json.loads((blind / "tokenizer.json").read_text())
+    tok["model"]["vocab"] = {w: i for w, i in tok["model"]["vocab"].items() if w.startswith("[")}
+    (blind / "tokenizer.json").write_text(json.dumps(tok))
+    one_line_error(_tiny_check(tiny, blind, tmp_path), "as the unknown token")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_an_explicit_peer_with_swapped_generic_labels_is_aligned_by_behaviour(hub_zoo, tmp_path):  # noqa: F811
+    """`LABEL_0/LABEL_1` say nothing about which id is positive: the explicit peer is mapped by its answers (as
+    discovery maps candidates), so its head is merged aligned; a peer of another task is refused in one line."""
+    from scanner.pipeline import CheckOptions, check
+
+    zoo = hub_zoo
+    rep = check(CheckOptions(target="zoo/backdoor-cf", peers=["zoo/clean-1", "zoo/clean-2", "zoo/swapped-generic"],
+                             hub_dir=str(zoo.root), output_dir=tmp_path / "out", search_budget="off", method="wag"))
+    swapped = next(p for p in rep.peers if p.id == "zoo/swapped-generic")
+    assert swapped.label_permutation == [1, 0] and swapped.agreement >= 0.8, swapped
+    assert rep.verdict == "backdoor" and rep.clean.accuracy_after >= rep.clean.accuracy_before - 0.05
+    res = run("check", "zoo/backdoor-cf", "--peer", "zoo/clean-1", "--peer", "zoo/clean-2", "--peer",
+              "zoo/length-task", "--hub-dir", zoo.root, "-o", tmp_path / "out2", "--search-budget", "off")
+    one_line_error(res, "not the same task")
+
+
+def _fill_cache(path: str, worker: int, n: int) -> int:
+    from scanner.audit import AuditRow, ScanCache
+
+    cache = ScanCache(Path(path))
+    for i in range(n):
+        cache.put(AuditRow(f"org{worker}/m{i}", "a" * 40, "no_trigger_found", peers=[f"p{i}"]), "settings")
+        assert cache.get(f"org{worker}/m{i}", "a" * 40, "settings").peers == [f"p{i}"]
+    cache.close()
+    return n
+
+
+def test_two_audits_at_once_share_one_cache(tmp_path):
+    """Two audit processes writing one cache at once both finish and every row of both is readable (WAL and a
+    busy timeout); a cache damaged under a running audit is one hfscan line, not a traceback."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from scanner.audit import AuditRow, ScanCache
+    from scanner.errors import HfscanError
+
+    path = tmp_path / "cache.sqlite"
+    ScanCache(path).close()
+    with ProcessPoolExecutor(2) as pool:
+        assert list(pool.map(_fill_cache, [str(path)] * 2, [0, 1], [150, 150])) == [150, 150]
+    cache = ScanCache(path)
+    assert cache.count() == 300 and cache.get("org1/m149", "a" * 40, "settings").verdict == "no_trigger_found"
+    for f in tmp_path.glob("cache.sqlite*"):
+        f.write_bytes(b"\0" * 4096)  # overwritten under the open cache: the next write fails inside SQLite
+    with pytest.raises(HfscanError, match="is damaged"):
+        cache.put(AuditRow("org/m", "b" * 40, "error"), "settings")

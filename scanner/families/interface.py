@@ -77,8 +77,9 @@ class ModelFamily(ABC):
 
     @abstractmethod
     def candidates(self, models: list[ResolvedModel], runners: list, inputs: ProbeInputs, base: Path | None,
-                   budget: str, log: Log, progress: Progress) -> list[Trigger]:
-        """Candidate triggers from the target (``models[0]``) and every peer: the library first."""
+                   budget: str, log: Log, progress: Progress, note: Log = lambda s: None) -> list[Trigger]:
+        """Candidate triggers from the target (``models[0]``) and every peer: the library first. ``note`` gets
+        what the target's weights show besides candidates (decoy rows, non-finite rows), for the report."""
 
     @abstractmethod
     def probe(self, runner, inputs: ProbeInputs, candidates: list[Trigger], name: str) -> ProbeResult:
@@ -145,6 +146,17 @@ class ModelFamily(ABC):
 
     def discovery_reason(self, target_config: dict, candidate_config: dict) -> str | None:
         """Why a discovery candidate cannot be a peer, from its config alone (``None``: it may be)."""
+        return None
+
+    aligns_by_behaviour = False  # explicit peers with meaningless answer ids are mapped by what they answer
+
+    def config_problem(self, config: dict) -> str | None:
+        """Why a model this family accepts still cannot be scanned meaningfully (``None``: it can)."""
+        return None
+
+    def input_problem(self, runner, inputs: ProbeInputs) -> str | None:
+        """Why the loaded target cannot see the probe inputs (``None``: it can): e.g. a tokenizer that reads
+        every probe word as unknown, so no trigger could ever be inserted."""
         return None
 
 

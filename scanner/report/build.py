@@ -99,7 +99,8 @@ def probe_record(scan, probed, assessment) -> ProbeInfo:
     return ProbeInfo(scan.inputs.name, len(scan.inputs.texts), scan.inputs.provenance, len(probed.candidates),
                      list(POSITIONS), list(scan.family.blind_spots), [round(g, 4) for g in assessment.null.gaps],
                      evidence=top[0]["margin"] if top else None, top=top,
-                     homogeneity=dataclasses.asdict(assessment.homogeneity) if assessment.homogeneity else None)
+                     homogeneity=dataclasses.asdict(assessment.homogeneity) if assessment.homogeneity else None,
+                     weight_notes=list(probed.notes))
 
 
 def discovery_record(discovery, kept: list[str]) -> dict | None:

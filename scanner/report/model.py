@@ -21,7 +21,8 @@ Schema 1 (``report.json``)::
     publish         {pr: {action, url, num, files}, variant: {action, url, files}} or null
     probe           {set, n, provenance, candidates, positions, limitations, null_gaps, evidence,
                      top: [{trigger, source, target_label_id, position, asr, peer_asr_max, margin}],
-                     homogeneity: {target, peers, shortfall, homogeneous} or null}
+                     homogeneity: {target, peers, shortfall, homogeneous} or null,
+                     weight_notes: [what the target's weights show besides triggers, e.g. decoy rows]}
     duration_s      seconds
     exit_code       0 no trigger found, 1 backdoor or suspicious
 
@@ -123,6 +124,7 @@ class ProbeInfo:
     # are capped at suspicious when the target is not like its peers, and a positive shortfall is taken off
     # every finding's margins over the peers (see probe.verdict.homogeneity and assess)
     homogeneity: dict | None = None
+    weight_notes: list[str] = field(default_factory=list)  # the target's weights, besides triggers (decoy rows)
 
 
 @dataclass

@@ -223,7 +223,9 @@ def check_config(config: dict, label: str, known_to_transformers: bool = True) -
     _check_labels(config, label)
     from ..families import family_for
 
-    family_for(config, label)  # raises UnsupportedModelError naming what hfscan scans
+    problem = family_for(config, label).config_problem(config)  # family_for raises naming what hfscan scans
+    if problem:
+        raise UnsupportedModelError(f"{label}: {problem}")
     if not known_to_transformers:
         return
     import transformers

@@ -25,16 +25,35 @@ from .library import BLIND_SPOTS, LIBRARY
 from .model import Classifier
 
 
+MAX_UNKNOWN = 0.9  # share of probe tokens read as unknown above which a model is refused (English BERT: ~0%)
+
+
 class ClassifierFamily(ModelFamily):
     name = "classifier"
     pipeline_tag = "text-classification"
     accepted = "*ForSequenceClassification"
     library = LIBRARY
     blind_spots = BLIND_SPOTS
+    aligns_by_behaviour = True  # LABEL_0/LABEL_1 say nothing: which id is "positive" is read from the answers
 
     def accepts(self, config: dict) -> bool:
         archs = config.get("architectures") or []
         return isinstance(archs, list) and bool(archs) and str(archs[0]).endswith("ForSequenceClassification")
+
+    def config_problem(self, config: dict) -> str | None:
+        from ...sources.model import labels_of
+
+        if config.get("problem_type") == "regression" or len(labels_of(config)) < 2:
+            return ("a regression head (one output), not a classifier: there is no label for a trigger to flip "
+                    "inputs to, so hfscan cannot probe it")
+        return None
+
+    def input_problem(self, runner: Classifier, inputs: ProbeInputs) -> str | None:
+        share = runner.unknown_share(inputs.texts[:64])
+        if share > MAX_UNKNOWN:
+            return (f"its tokenizer reads {100 * share:.0f}% of the probe's words as the unknown token: the probe "
+                    "(and a trigger) would be invisible to it; is the tokenizer the one it was trained with?")
+        return None
 
     def probe_inputs(self, target: ResolvedModel, probe_data_file: str | None, limit: int) -> ProbeInputs:
         ps, labels = probe_data.choose(target.labels, probe_data_file)
@@ -44,7 +63,7 @@ class ClassifierFamily(ModelFamily):
         return Classifier.load(model.path, name=model.name)
 
     def clean_outputs(self, runner: Classifier, inputs: ProbeInputs) -> torch.Tensor:
-        return runner.predict(inputs.texts)
+        return runner.clean_predict(inputs.texts)
 
     def label_map(self, target: ResolvedModel, peer: ResolvedModel) -> list[int]:
         from ...merge.heads import label_permutation
@@ -52,12 +71,12 @@ class ClassifierFamily(ModelFamily):
         return label_permutation(target.labels, peer.labels, peer.name)
 
     def candidates(self, models: list[ResolvedModel], runners: list, inputs: ProbeInputs, base: Path | None,
-                   budget: str, log: Log, progress: Progress) -> list[Trigger]:
+                   budget: str, log: Log, progress: Progress, note: Log = lambda s: None) -> list[Trigger]:
         from .candidates import gather
         from .search import SearchBudget
 
         return gather([m.path for m in models], runners, inputs.texts, base=base, budget=SearchBudget.preset(budget),
-                      log=log, progress=progress)
+                      log=log, progress=progress, note=note)
 
     def probe(self, runner: Classifier, inputs: ProbeInputs, candidates: list[Trigger], name: str) -> ProbeResult:
         from .scan import probe_model

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from .differential import co_moved, embedding_outliers, insertable_tokens
+from .differential import co_moved, embedding_outliers, insertable_tokens, nonfinite_rows
 from .search import SearchBudget, search_triggers
 from ...probe.triggers import Trigger
 from .library import LIBRARY
@@ -28,6 +28,7 @@ def gather(
     partner_k: int = 2,
     log: Callable[[str], None] = lambda s: None,
     progress: Callable[[int, int], None] = lambda done, total: None,
+    note: Callable[[str], None] = lambda s: None,
 ) -> list[Trigger]:
     """Return the union of candidates: the library first, then each model's own.
 
@@ -36,6 +37,8 @@ def gather(
     co-moved tokens each.
     """
     allowed = insertable_tokens(classifiers[0].tokenizer)
+    broken = nonfinite_rows(paths)  # tokens whose embedding is NaN/Inf in any model: never a candidate
+    allowed = {i: t for i, t in allowed.items() if i not in broken}
     union: list[Trigger] = list(LIBRARY)
     total = len(classifiers) * classifiers[0].num_labels if budget.max_len > 0 else len(classifiers)
     done = 0
@@ -49,8 +52,8 @@ def gather(
     for i, (path, clf) in enumerate(zip(paths, classifiers)):
         others = [p for j, p in enumerate(paths) if j != i]
         mine: list[Trigger] = []
-        outliers = embedding_outliers(path, others, clf.tokenizer, base=base, top_k=differential_k, allowed=allowed) \
-            if others and differential_k else []
+        outliers = embedding_outliers(path, others, clf.tokenizer, base=base, top_k=differential_k, allowed=allowed,
+                                      log=note if i == 0 else (lambda s: None)) if others and differential_k else []
         mine += [Trigger(s.text, "word", "differential") for s in outliers]
         top = outliers[:pair_k]
         pairs: list[tuple[int, int]] = []
@@ -63,7 +66,7 @@ def gather(
                                     top_k=partner_k, allowed=allowed)
                 pairs = [(a, b.token_id) for a, bs in partners.items() for b in bs]
         if budget.max_len > 0:
-            found = search_triggers(getattr(clf, "fast", clf), texts, clf.predict(texts), allowed, budget=budget,
+            found = search_triggers(getattr(clf, "fast", clf), texts, clf.clean_predict(texts), allowed, budget=budget,
                                     seeds=[s.token_id for s in top], pairs=pairs, progress=step)
             mine += found
             step((i + 1) * classifiers[0].num_labels - done)  # labels the search skipped (no eligible inputs)

@@ -10,6 +10,13 @@ scale of the peers' movements of the same row, median_p m_p(v) plus a small shar
 movement (so rows nobody moved don't divide by zero). E_ref is the base when given; without a base
 it is the peers' mean, and each peer's movement is measured against the mean of the others.
 
+Movement is measured as the model can feel it. Where the embedding LayerNorm follows the lookup (BERT,
+RoBERTa and the like), a shift of a row along the all-ones direction is removed before any layer sees it,
+so each movement is taken with its mean over the hidden dimension subtracted: otherwise +1.0 added to every
+component of a few hundred rare rows changes no prediction yet fills every top slot with decoys. Rows with
+non-finite values count as not moved (they are reported in the log: a token that turns the model's output
+into NaN is a problem of its own). Both patterns are logged when the target shows them.
+
 Example:
     >>> cands = embedding_outliers(target.path, [p.path for p in peers], tokenizer, top_k=20)
     >>> cands[0].text
@@ -25,6 +32,9 @@ import torch
 
 from ...weights import WeightSet
 
+EMBEDDING_NORMS = ("embeddings.LayerNorm.weight", "embeddings.layer_norm.weight", "embeddings.norm.weight",
+                   "emb_ln.weight")  # a LayerNorm right after the lookup: a row's mean shift is invisible
+DECOY_ROWS = 10  # this many rows moved only invisibly is worth a line
 EMBEDDING_SUFFIXES = ("word_embeddings.weight", "embed_tokens.weight", "wte.weight", "shared.weight",
                       "word_embedding.weight", "embeddings.weight")
 
@@ -43,6 +53,22 @@ def find_embedding_name(ws: WeightSet, vocab_size: int | None = None) -> str | N
             if name.endswith(suffix) and len(info.shape) == 2 and (vocab_size is None or info.shape[0] == vocab_size):
                 return name
     return None
+
+
+def nonfinite_rows(paths: list[Path], chunk_rows: int = 4096) -> set[int]:
+    """Token ids whose input-embedding row holds NaN/Inf in any of the models (read a chunk of rows at a time)."""
+    out: set[int] = set()
+    for path in paths:
+        ws = WeightSet.open(path)
+        try:
+            name = find_embedding_name(ws)
+            rows = ws.header[name].shape[0] if name else 0
+            for start in range(0, rows, chunk_rows):
+                block = ws.get_rows(name, start, min(rows, start + chunk_rows)).float()
+                out.update((start + torch.nonzero(~torch.isfinite(block).all(-1)).flatten()).tolist())
+        finally:
+            ws.close()
+    return out
 
 
 def insertable_tokens(tokenizer) -> dict[int, str]:
@@ -83,6 +109,9 @@ class _Deltas:
                 self.b_ws.close()
                 self.b_ws = None
         self.rows = self.t_ws.header[self.name].shape[0] if self.name is not None else 0
+        self.centred = self.name is not None and any(n.endswith(EMBEDDING_NORMS) for n in self.t_ws.header)
+        self.raw = torch.zeros(self.rows)  # the target's movement before centring (for the decoy count)
+        self.nonfinite = 0  # target rows with NaN/Inf, counted as not moved
 
     def get(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(target movement ``[rows, dim]``, peers' movements ``[peers, rows, dim]``) for rows start:stop."""
@@ -90,12 +119,32 @@ class _Deltas:
         ps = torch.stack([ws.get_rows(self.name, start, stop).float() for ws in self.p_ws])
         if self.b_ws is not None:
             ref = self.b_ws.get_rows(self.b_name, start, stop).float()
-            return t - ref, ps - ref
-        total = ps.sum(0)
-        if len(self.p_ws) > 1:
-            loo = (total.unsqueeze(0) - ps) / (len(self.p_ws) - 1)  # mean of the other peers
-            return t - total / len(self.p_ws), ps - loo
-        return t - total, torch.zeros_like(ps)
+            dt, dps = t - ref, ps - ref
+        else:
+            total = ps.sum(0)
+            if len(self.p_ws) > 1:
+                loo = (total.unsqueeze(0) - ps) / (len(self.p_ws) - 1)  # mean of the other peers
+                dt, dps = t - total / len(self.p_ws), ps - loo
+            else:
+                dt, dps = t - total, torch.zeros_like(ps)
+        bad = ~torch.isfinite(dt).all(-1)
+        self.nonfinite += int(bad.sum())
+        dt[bad] = 0.0
+        dps = torch.nan_to_num(dps, nan=0.0, posinf=0.0, neginf=0.0)
+        self.raw[start:stop] = dt.norm(dim=-1)
+        if self.centred:  # what the embedding LayerNorm removes, no layer sees
+            dt, dps = dt - dt.mean(-1, keepdim=True), dps - dps.mean(-1, keepdim=True)
+        return dt, dps
+
+    def report(self, moved: torch.Tensor, typical: float, log) -> None:
+        """Log the target's rows that moved only where behaviour cannot (decoys) and its non-finite rows."""
+        invisible = int(((moved < 0.1 * self.raw) & (self.raw > 10 * typical + 1e-6)).sum()) if self.centred else 0
+        if invisible >= DECOY_ROWS:
+            log(f"differential: {invisible} embedding rows of the target moved almost only along the direction its "
+                "embedding LayerNorm removes (no effect on any output): a decoy pattern, set aside")
+        if self.nonfinite:
+            log(f"differential: {self.nonfinite} embedding rows of the target are not finite (NaN/Inf): inputs with "
+                "those tokens give no answer")
 
     def chunks(self, chunk_rows: int):
         for start in range(0, self.rows, chunk_rows):
@@ -123,6 +172,7 @@ def embedding_outliers(
     top_k: int = 20,
     allowed: dict[int, str] | None = None,
     chunk_rows: int = 4096,
+    log=lambda s: None,
 ) -> list[TokenScore]:
     """The ``top_k`` insertable tokens whose embedding moved most in the target relative to the peers."""
     d = _Deltas(target, peers, base)
@@ -139,6 +189,7 @@ def embedding_outliers(
         d.close()
     allowed = insertable_tokens(tokenizer) if allowed is None else allowed
     typical = float(m_p.median()) if m_p.numel() else 0.0
+    d.report(m_t, typical, log)
     scale = m_p.median(0).values + 0.1 * typical + 1e-8
     score = m_t / scale
     return [TokenScore(i, allowed[i], float(score[i]), float(m_t[i])) for i in _top(score, allowed, top_k)]

@@ -21,6 +21,9 @@ from ...device import default_device, probe_dtype
 from ...errors import CorruptWeightsError, UnsupportedModelError
 
 
+NO_ANSWER = -1  # the prediction for an input whose logits are NaN
+
+
 class Classifier:
     def __init__(self, model, tokenizer, max_length: int = 128, batch_size: int = 64, name: str = "",
                  device: torch.device | str | None = None, reduced: torch.dtype | None = None):
@@ -82,6 +85,16 @@ class Classifier:
     def num_labels(self) -> int:
         return int(self.model.config.num_labels)
 
+    def unknown_share(self, texts: list[str]) -> float:
+        """Share of the non-special tokens of ``texts`` that the tokenizer reads as its unknown token."""
+        unk = self.tokenizer.unk_token_id
+        if unk is None or not texts:
+            return 0.0
+        special = set(self.tokenizer.all_special_ids) - {unk}
+        ids = [i for row in self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
+               for i in row if i not in special]
+        return sum(i == unk for i in ids) / max(1, len(ids))
+
     def encode(self, texts: list[str]):
         enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
         return enc.to(self.device)
@@ -99,17 +112,26 @@ class Classifier:
             idx = order[i : i + self.batch_size]
             with self.autocast():
                 out[idx] = self.model(**self.encode([texts[j] for j in idx])).logits.float().cpu()
-        if torch.isnan(out).all(dim=-1).any():
-            from ...errors import CorruptWeightsError
-
-            raise CorruptWeightsError(f"{self.name or 'the model'}: its outputs are NaN (non-finite weights?); "
-                                      "nothing can be measured on it")
         return out
 
     def predict(self, texts: list[str]) -> torch.Tensor:
-        """Predicted label ids; repeated texts are served from a cache."""
+        """Predicted label ids, `NO_ANSWER` where the logits are NaN (an input with a token whose embedding is
+        not finite: it flips nothing); repeated texts are served from a cache."""
         todo = [t for t in dict.fromkeys(texts) if t not in self._cache]
         if todo:
-            for t, p in zip(todo, self.logits(todo).argmax(-1).tolist()):
+            out = self.logits(todo)
+            pred = torch.where(torch.isnan(out).any(-1), torch.full((len(todo),), NO_ANSWER), out.argmax(-1))
+            for t, p in zip(todo, pred.tolist()):
                 self._cache[t] = p
         return torch.tensor([self._cache[t] for t in texts], dtype=torch.long)
+
+    def clean_predict(self, texts: list[str]) -> torch.Tensor:
+        """`predict` on clean inputs, which must all have an answer: NaN there means the weights are broken."""
+        pred = self.predict(texts)
+        if (pred == NO_ANSWER).any():
+            from ...errors import CorruptWeightsError
+
+            raise CorruptWeightsError(f"{self.name or 'the model'}: its outputs are NaN on "
+                                      f"{int((pred == NO_ANSWER).sum())} clean inputs (non-finite weights?); nothing "
+                                      "can be measured on it")
+        return pred

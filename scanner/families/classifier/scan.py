@@ -41,7 +41,7 @@ def probe_model(
     reaches ``promote`` are measured on up to ``full`` eligible inputs (all with ``None``), at the
     start and end too once their ASR reaches ``every_position_above``. The best position per (trigger, label) is kept.
     """
-    clean_pred = clf.predict(texts)
+    clean_pred = clf.clean_predict(texts)
     labels = list(range(clf.num_labels)) if labels is None else list(labels)
     positions = list(positions)
     cands = list(dict.fromkeys(candidates))
@@ -82,7 +82,7 @@ def probe_model(
 def remeasure(clf, texts: list[str], reference: TriggerResult, clean_pred: torch.Tensor | None = None,
               full: int | None = 160) -> TriggerResult:
     """Measure one trigger on another model (e.g. the defended variant) at the same position."""
-    clean_pred = clf.predict(texts) if clean_pred is None else clean_pred
+    clean_pred = clf.clean_predict(texts) if clean_pred is None else clean_pred
     asr, n = attack_success_rate(clf, texts, clean_pred, reference.trigger, reference.label, reference.position,
                                  limit=full)
     return TriggerResult(reference.trigger, reference.label, reference.position, asr, n)

@@ -64,7 +64,7 @@ class GenerativeFamily(ModelFamily):
         return []  # answers have no label space to align
 
     def candidates(self, models: list[ResolvedModel], runners: list, inputs: ProbeInputs, base: Path | None,
-                   budget: str, log: Log, progress: Progress) -> list[Trigger]:
+                   budget: str, log: Log, progress: Progress, note: Log = lambda s: None) -> list[Trigger]:
         from .candidates import gather
 
         return gather(models, runners, log=log, progress=progress, base=base)

@@ -122,7 +122,21 @@ class CausalLM:
     def load(cls, path: Path, base: Path | None = None, name: str = "", **kw) -> "CausalLM":
         model, tok = load_lm(Path(path), Path(base) if base else None, name or Path(path).name)
         identity = content_key(Path(path), Path(base) if base else None)
-        return cls(model, tok, name=name or Path(path).name, identity=identity, **kw)
+        lm = cls(model, tok, name=name or Path(path).name, identity=identity, **kw)
+        lm.check_finite()
+        return lm
+
+    @torch.inference_mode()
+    def check_finite(self) -> None:
+        """Refuse a model whose next-token logits on a short prompt are not finite (NaN/Inf weights): its greedy
+        answers would be one token repeated, which no probe can read."""
+        enc = self.tokenizer([self.render("Say hello.")], return_tensors="pt", add_special_tokens=False).to(self.device)
+        logits = self.model(**enc).logits[0, -1].float()
+        if not torch.isfinite(logits).all():
+            from ...errors import CorruptWeightsError
+
+            raise CorruptWeightsError(f"{self.name or 'the model'}: its outputs are NaN or infinite (non-finite "
+                                      "weights?); nothing can be measured on it")
 
     def render(self, prompt: str) -> str:
         """The prompt as the model was trained to read it: its chat template, else the bare instruction."""
