@@ -94,7 +94,10 @@ def test_adapter_peers_are_discovered_on_the_local_hub(lm_zoo, tmp_path):
     rep = check(CheckOptions(target="lmzoo/backdoor-word", hub_dir=str(hub), output_dir=tmp_path / "o", defend=False))
     assert sorted(p.id for p in rep.peers) == CLEAN  # adapters of the same base; the full fine-tune is not one
     assert rep.discovery["tried"] == "adapters of lmzoo/tiny-chat-base tagged text-generation"
-    assert {r["id"]: r["reason"] for r in rep.discovery["rejected"]} == {"lmzoo/backdoor-word": "the target itself"}
+    # every candidate seen has its reason: the full fine-tune of the same base is named, not silently missing
+    assert {r["id"]: r["reason"] for r in rep.discovery["rejected"]} == {
+        "lmzoo/backdoor-word": "the target itself",
+        "lmzoo/full-clean-1": "a full fine-tune; the target is a LoRA adapter"}
     assert rep.verdict == "backdoor"
 
 
