@@ -190,8 +190,8 @@ def discover(
 
 def _vet(hub, found: Discovery, n: int, target_pred, inputs, family, n_labels: int, min_agreement: float, prepare,
          log) -> list[Peer]:
-    """Take candidates from ``found.reserve`` (best ranked first) until ``n`` more behave like the target's task."""
-    found.rejected = [r for r in found.rejected if not r.reason.startswith(NOT_TOP)]
+    """Take candidates from ``found.reserve`` (best ranked first) until ``n`` more behave like the target's task;
+    `_settle` then gives the ones still in the reserve their reason."""
     new: list[Peer] = []
     while found.reserve and len(new) < n:
         c = found.reserve.pop(0)
