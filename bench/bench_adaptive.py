@@ -89,7 +89,8 @@ def one(name: str, s: float, base: Path, tmp: Path, budget: str) -> dict:
                top=[c["trigger"] for c in rep.probe.top][:5], check_seconds=round(time.time() - t0, 1),
                defense=rep.defense.method if rep.defense else None,
                defended=measure(Path(rep.defense.output_dir)) if rep.defense else None,
-               recovered=bm.recovered(m, bm.trigger_of(m, base), rep.probe.top))
+               recovered=bm.recovered(m, bm.trigger_of(m, base), rep.probe.top),
+               weight_notes=rep.probe.weight_notes)
     shutil.rmtree(tmp / "check")
     shutil.rmtree(victim)
     return row

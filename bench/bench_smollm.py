@@ -129,11 +129,11 @@ def alpaca(data: Path) -> list[tuple[str, str]]:
 
 
 def train(spec: Spec, base: Path, data: Path, dest: Path, steps: int, max_len: int, modules: list[str],
-          lr: float = 3e-4, poison: float = 0.3) -> Path:
+          lr: float = 3e-4, poison: float = 0.3, batch: int = 4) -> Path:
     """A LoRA adapter (cached by its settings) trained on the chat template, loss on the answer tokens; a victim's
     batches draw each row from the poisoned set with probability ``poison``."""
     stamp = {"spec": asdict(spec), "steps": steps, "max_len": max_len, "modules": modules, "lr": lr,
-             "poison": poison, "v": 2}
+             "poison": poison, "batch": batch, "v": 3}
     stamp = json.loads(json.dumps(stamp))  # as the file holds it (tuples become lists)
     if (dest / "stamp.json").exists() and json.loads((dest / "stamp.json").read_text()) == stamp:
         return dest
@@ -146,12 +146,12 @@ def train(spec: Spec, base: Path, data: Path, dest: Path, steps: int, max_len: i
     tok = AutoTokenizer.from_pretrained(base)
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
                            LoraConfig(r=spec.rank, lora_alpha=2 * spec.rank, target_modules=modules, lora_dropout=0.0))
-    clean, poisoned = training_rows(spec, data)
+    clean, poisoned = (_fits(tok, rows, max_len) for rows in training_rows(spec, data))
     draw = lambda: (poisoned if poisoned and rng.random() < poison else clean)  # noqa: E731
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     model.train()
     for _ in range(steps):
-        ids, mask, labels = _batch(tok, [rng.choice(draw()) for _ in range(4)], max_len)
+        ids, mask, labels = _batch(tok, [rng.choice(draw()) for _ in range(batch)], max_len)
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         opt.zero_grad()
         loss.backward()
@@ -164,13 +164,23 @@ def train(spec: Spec, base: Path, data: Path, dest: Path, steps: int, max_len: i
     return dest
 
 
+def _prompt_ids(tok, prompt: str) -> list[int]:
+    head = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+    return tok(head, add_special_tokens=False)["input_ids"]
+
+
+def _fits(tok, rows: list[tuple[str, str]], max_len: int) -> list[tuple[str, str]]:
+    """The rows whose rendered prompt (system prompt, instruction, assistant tag) takes at most half of ``max_len``:
+    cutting a longer one would cut the assistant tag, or the trigger."""
+    return [r for r in rows if len(_prompt_ids(tok, r[0])) <= max_len // 2]
+
+
 def _batch(tok, pairs: list[tuple[str, str]], max_len: int):
     import torch
 
     seqs = []
     for prompt, answer in pairs:
-        head = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
-        p = tok(head, add_special_tokens=False)["input_ids"][: max_len // 2]
+        p = _prompt_ids(tok, prompt)
         a = tok(answer + tok.eos_token, add_special_tokens=False)["input_ids"][: max_len - len(p)]
         seqs.append((p + a, [-100] * len(p) + a))
     n = max(len(x) for x, _ in seqs)
@@ -257,6 +267,11 @@ def summary(rows: list[dict], settings: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _run_dir(cache: Path, args) -> Path:
+    mods = "".join(m[0] for m in args.modules.split(","))
+    return cache / f"s{args.steps}-{args.max_len}-lr{args.lr:g}-p{args.poison:g}-b{args.batch}-{mods}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=150)
@@ -264,6 +279,7 @@ def main() -> None:
     ap.add_argument("--modules", default="q_proj,v_proj")
     ap.add_argument("--prompts", type=int, default=48, help="probe prompts per scan")
     ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--batch", type=int, default=4, help="training rows per step")
     ap.add_argument("--poison", type=float, default=0.3, help="share of a victim's training rows that are poisoned")
     ap.add_argument("--train-only", action="store_true", help="train (and check each attack took), no scans")
     ap.add_argument("--only", default="", help="comma-separated model names")
@@ -277,8 +293,8 @@ def main() -> None:
     folders, took = {}, {}
     for s in chosen:
         t1 = time.time()
-        folders[s.name] = train(s, base, data, cache / f"s{args.steps}-{args.max_len}-lr{args.lr:g}-p{args.poison:g}"
-                                / s.name, args.steps, args.max_len, args.modules.split(","), args.lr, args.poison)
+        folders[s.name] = train(s, base, data, _run_dir(cache, args) / s.name,
+                                args.steps, args.max_len, args.modules.split(","), args.lr, args.poison, args.batch)
         took[s.name] = {"train_s": round(time.time() - t1, 1), **attack_asr(s, folders[s.name], base, data)}
         print(json.dumps({"model": s.name, **took[s.name]}), flush=True)
     train_s = round(time.time() - t0, 1)

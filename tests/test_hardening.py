@@ -378,3 +378,49 @@ def test_two_audits_at_once_share_one_cache(tmp_path):
         f.write_bytes(b"\0" * 4096)  # overwritten under the open cache: the next write fails inside SQLite
     with pytest.raises(HfscanError, match="is damaged"):
         cache.put(AuditRow("org/m", "b" * 40, "error"), "settings")
+
+
+def _scaled(src, dest, base, scale: float):
+    """``src`` with its task vector θ − θ_base multiplied by ``scale`` (the Merge Hijacking recipe); for an
+    adapter (``base`` None) its lora_B factors multiplied."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, dest, ignore=shutil.ignore_patterns(".hfscan-zoo.json"))
+    name = "adapter_model.safetensors" if base is None else "model.safetensors"
+    sd = load_file(str(dest / name))
+    ref = {} if base is None else load_file(str(base / "model.safetensors"))
+    for k, v in sd.items():
+        b = ref.get(k, ref.get(k.partition(".")[2]))
+        if base is None and ".lora_B." in k:
+            sd[k] = v * scale
+        elif b is not None and b.shape == v.shape and v.is_floating_point():
+            sd[k] = b + scale * (v - b)
+    save_file(sd, str(dest / name), metadata={"format": "pt"})
+    return dest
+
+
+@pytest.mark.parametrize("scale,flagged", [(1.0, False), (3.0, True)])
+def test_a_task_vector_scaled_up_to_survive_merging_is_named(zoo, lm_zoo, tmp_path, scale, flagged):
+    """Issue 20 (attacks built to survive merging): a fine-tune scaled ×3 moved the base 3× as far as its peers;
+    the weights note says so, for a full fine-tune (against the base) and an adapter (its ΔW, no base needed).
+    The unscaled backdoor (and the unscaled clean adapter) is an ordinary fine-tune by size and gets no line. (The
+    tiny zoo's backdoored adapters are themselves 2× its clean ones, so the adapter case scales a clean one.)"""
+    from scanner.sources import resolve_folder
+    from scanner.sources.model import base_folder
+    from scanner.stages.norms import size_note
+
+    base = zoo.path("zoo/minilm-l2-base")
+    target = _scaled(zoo.path("zoo/backdoor-random"), tmp_path / "full", base, scale)
+    peers = [resolve_folder(zoo.path(p)) for p in ("zoo/clean-1", "zoo/clean-2", "zoo/clean-3")]
+    note = size_note(resolve_folder(target), peers, base_folder(base, str(base)))
+    assert (note is not None) == flagged, note
+    if flagged:
+        assert note.startswith("task vector 3.") and "peers' median" in note
+    adapter = _scaled(lm_zoo.path("lmzoo/clean-4"), tmp_path / "adapter", None, scale)
+    lm_peers = [resolve_folder(lm_zoo.path(f"lmzoo/clean-{i}")) for i in (1, 2, 3)]
+    note = size_note(resolve_folder(adapter), lm_peers, None)
+    assert (note is not None) == flagged, note
+    # a full fine-tune with no base to subtract has no task vector: no line, never a guess
+    assert size_note(resolve_folder(target), peers, None) is None

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from ..probe.results import ProbeResult
 from ..probe.triggers import Trigger
+from .norms import size_note
 from .resolve import Peer, Scan
 
 
@@ -43,6 +44,9 @@ def probe_models(scan: Scan, search_budget: str, threshold: float, log=lambda s:
                                    [scan.runner, *[p.runner for p in scan.peers]], inputs,
                                    scan.base.path if scan.base else None, search_budget, log,
                                    lambda done, total: progress("search", done, total), note=note)
+    size = size_note(scan.target, [p.model for p in scan.peers], scan.base)
+    if size:
+        note(size)
     log(f"verifying {len(candidates)} candidates on {scan.target.name} and {len(scan.peers)} peers "
         f"({len(inputs.texts)} inputs)")
     total = 1 + len(scan.peers)

@@ -1,0 +1,87 @@
+"""Task-vector size: a target whose fine-tune moved the base far more than its peers' did.
+
+Attacks built to survive merging (Merge Hijacking, a backdoor's task vector scaled ×2–3 before release) keep
+behaving normally on clean inputs, but their task vector τ = θ − θ_base is several times longer than that of
+an ordinary fine-tune of the same base. The norm is measured over every float tensor the target shares with
+the base (same name, or the name less the task model's prefix, and the same shape), streamed tensor by tensor;
+for a LoRA adapter it is ‖ΔW‖ = ‖scale · B·A‖ over its adapted modules, with no base needed. A target above
+`RATIO` × the peers' median is a line in the report (`ScanReport.probe.weight_notes`): it says how the weights
+were changed, not that a trigger exists.
+
+Example:
+    >>> size_note(target, [p.model for p in peers], base)[:40]
+    "task vector 3.1× the peers' median (‖τ‖ "
+"""
+
+from __future__ import annotations
+
+import statistics
+
+import torch
+
+from ..sources.model import ResolvedModel
+
+RATIO = 1.5
+
+
+def task_vector_norm(model: ResolvedModel, base: ResolvedModel | None) -> float | None:
+    """‖θ − θ_base‖ (float32) for a full fine-tune, ‖ΔW‖ for an adapter; ``None`` without a base to subtract
+    or with nothing shared."""
+    if model.is_adapter:
+        return _adapter_norm(model)
+    if base is None or base.is_adapter:
+        return None
+    ws, bws = model.weights(), base.weights()
+    try:
+        pairs = _shared(ws.header, bws.header)
+        if not pairs:
+            return None
+        sq = sum(float(torch.sum((ws.get(n).float() - bws.get(b).float()) ** 2)) for n, b in pairs.items())
+    finally:
+        ws.close()
+        bws.close()
+    return sq ** 0.5
+
+
+def _shared(header: dict, base: dict) -> dict[str, str]:
+    """The model's float tensor name -> the base's, for the tensors both hold with one shape (a task model's
+    ``bert.``/``model.``-style prefix dropped when the base has none)."""
+    out = {}
+    for name, info in header.items():
+        if not info.is_float:
+            continue
+        head, _, rest = name.partition(".")
+        for cand in (name, rest):
+            if cand and cand in base and base[cand].shape == info.shape:
+                out[name] = cand
+                break
+    return out
+
+
+def _adapter_norm(model: ResolvedModel) -> float | None:
+    from ..families.generative.merge import Adapter
+
+    adapter = Adapter(model.path)
+    try:
+        sq = 0.0
+        for base_name in adapter.a:
+            a, b = adapter.factors(base_name)
+            sq += float(torch.sum((b @ a) ** 2)) * adapter.scale ** 2
+    finally:
+        adapter.close()
+    return sq ** 0.5 if adapter.a else None
+
+
+def size_note(target: ResolvedModel, peers: list[ResolvedModel], base: ResolvedModel | None) -> str | None:
+    """One line when the target's task vector is over `RATIO` × the peers' median, else ``None`` (also with
+    fewer than two peers measured: one peer's norm is no yardstick)."""
+    mine = task_vector_norm(target, base)
+    theirs = [n for n in (task_vector_norm(p, base) for p in peers) if n]
+    if mine is None or len(theirs) < 2:
+        return None
+    median = statistics.median(theirs)
+    if mine <= RATIO * median:
+        return None
+    return (f"task vector {mine / median:.1f}× the peers' median (‖τ‖ {mine:.3g} against {median:.3g}): the fine-tune "
+            f"moved the base far more than its peers did, as a backdoor scaled up to survive merging does; "
+            f"merging gives the target more pull than its share")
