@@ -90,11 +90,20 @@ class Candidate:
                 "within_bound": self.within_bound, "chosen": chosen}
 
 
-def card_for(target: ResolvedModel, peers: list[ResolvedModel], spec: MergeSpec, verdict: str | None = None) -> str:
+def card_for(target: ResolvedModel, peers: list[ResolvedModel], spec: MergeSpec, verdict: str | None = None,
+             form: str = "model") -> str:
+    """The defended variant's model card. ``form`` "adapter": a LoRA adapter of the target's base
+    (``base_model`` the base, relation ``adapter``); "model": full weights, a merge of the models."""
     generative = target.is_adapter or str((target.config.get("architectures") or [""])[0]).endswith("ForCausalLM")
     return template("defended_card.md.j2").render(
-        target=target, peers=peers, spec=spec.describe(), verdict=verdict,
+        target=target, peers=peers, spec=spec.describe(), verdict=verdict, form=form, base=target.adapter_base,
         pipeline_tag="text-generation" if generative else "text-classification")
+
+
+def cards_for(target: ResolvedModel, peers: list[ResolvedModel], spec: MergeSpec,
+              verdict: str | None = None) -> Callable[[str], str]:
+    """The card by the form the merge writes (`card_for`'s ``form``), for `ModelFamily.merge`."""
+    return lambda form: card_for(target, peers, spec, verdict, form)
 
 
 def defend(family, target: ResolvedModel, peers: list[ResolvedModel], out: Path, spec: MergeSpec | None = None,
@@ -102,7 +111,7 @@ def defend(family, target: ResolvedModel, peers: list[ResolvedModel], out: Path,
     """Build one given merge into ``out`` (no search)."""
     spec = spec or MergeSpec("wag")
     summary = family.merge(target, peers, out, spec, [target.name] + [p.name for p in peers],
-                           card_for(target, peers, spec, verdict))
+                           cards_for(target, peers, spec, verdict))
     return DefenseOutcome(spec, {**summary, "peers": [p.name for p in peers]})
 
 
@@ -205,7 +214,7 @@ class _Search:
         sub = [self.peers[j] for j in c.peers]
         c.names = [p.name for p in sub]
         c.summary = self.family.merge(self.target, sub, c.folder, c.spec, [self.target.name] + c.names,
-                                      card_for(self.target, sub, c.spec, self.verdict))
+                                      cards_for(self.target, sub, c.spec, self.verdict))
         runner = self.family.load(dataclasses.replace(self.target, path=c.folder, ref=c.label, repo_id=c.label))
         pred = self.family.clean_outputs(runner, self.inputs)
         c.clean = self.family.agreement(pred, self.reference)

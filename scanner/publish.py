@@ -23,6 +23,7 @@ Example:
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,7 +57,9 @@ def pr_title(report: ScanReport) -> str:
 
 def pr_description(report: ScanReport, repo_id: str, mode: str) -> str:
     generative = (report.target.architecture or "").endswith("ForCausalLM") or any(f.response for f in report.findings)
+    adapter = report.target.adapter_base is not None
     return template("pr.md.j2").render(r=report, repo_id=repo_id, mode=mode, marker=Safe(MARKER.format(repo=repo_id)),
+                                       adapter=adapter,
                                        auto_class="AutoModelForCausalLM" if generative else
                                        "AutoModelForSequenceClassification")
 
@@ -87,6 +90,29 @@ def relayout(defended: Path, target_header: dict, dest: Path) -> list[str]:
         written.append(SAFE_INDEX)
     ws.close()
     return written
+
+
+def adapter_files(target: Path, defended: Path, dest: Path) -> list[str]:
+    """The defended adapter under the target's own weight file name, with its ``adapter_config.json`` (rank,
+    alpha and modules as written; the target's base kept)."""
+    names = [p.name for p in target.glob("*.safetensors")]
+    if len(names) != 1:
+        raise HfscanError(f"the target adapter has {len(names)} safetensors files; expected one")
+    shutil.copyfile(defended / "adapter_model.safetensors", dest / names[0])
+    shutil.copyfile(defended / "adapter_config.json", dest / "adapter_config.json")
+    return [names[0], "adapter_config.json"]
+
+
+def _variant_files(target: Path, defended: Path, dest: Path) -> tuple[list[str], str | None]:
+    """The files that make the PR's revision load as the defended variant, or why there are none: an adapter
+    repo gets an adapter (a full-weights variant cannot replace it: the repo would stop being an adapter)."""
+    is_adapter = (target / "adapter_config.json").is_file() and not (target / "config.json").is_file()
+    if not is_adapter:
+        return relayout(defended, WeightSet.open(target).header, dest), None
+    if (defended / "adapter_config.json").is_file():
+        return adapter_files(target, defended, dest), None
+    return [], ("the defended variant of this adapter is full weights (the chosen merge is not low-rank), which "
+                "cannot replace an adapter's files; publish it as a model repo with `--push-variant REPO`")
 
 
 def _find_open_pr(api, repo_id: str) -> int | None:
@@ -126,8 +152,11 @@ def publish_pr(report: ScanReport, hub, repo_id: str, target_path: Path, defende
             files.append("README.md")
             (tmp / "README.md").write_text(new_card, encoding="utf-8")
         if mode == "variant":
-            target_header = WeightSet.open(target_path).header
-            files += relayout(defended, target_header, tmp)
+            weights, why = _variant_files(target_path, defended, tmp)
+            files += weights
+            if why:
+                description += f"\n\n**This PR carries no weights**: {why}.\n"
+                log(f"{repo_id}: the PR carries the report only: {why}")
         result = PublishResult("dry-run", files=files, title=title, description=description)
         if not send:
             log(f"dry run: would open a PR on {repo_id} changing {', '.join(files)} (use --yes to send)")

@@ -55,12 +55,105 @@ def test_the_defended_adapter_merge_loads_and_its_asr_is_what_the_report_says(wo
     d = rep.defense
     assert d is not None and d.asr_max_after is not None and d.asr_max_after <= 0.3 < rep.findings[0].asr_before
     folder = out / "defended"
-    assert AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True)  # full weights, no peft needed
-    lm = CausalLM.load(folder, name="defended")
+    base = lm_zoo.path("lmzoo/tiny-chat-base")
+    if d.why_full is None:  # a linear merge: one adapter of rank Σ r, exact, loaded with peft on the base
+        assert d.output == "LoRA adapter, rank 32" and d.refactorisation_error["max"] < 1e-3
+        assert json.loads((folder / "adapter_config.json").read_text())["r"] == 32
+        assert not (folder / "config.json").exists()
+        lm = CausalLM.load(folder, base=base, name="defended")
+    else:  # TIES/DARE: not low-rank, written as full weights with the reason
+        assert AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True)
+        lm = CausalLM.load(folder, name="defended")
     f = rep.findings[0]
     again = remeasure_lm(lm, data.builtin_prompts(rep.probe.n),
                          TriggerResult(Trigger(f.trigger), 0, f.position, 0.0, 0, response=f.response))
     assert abs(again.asr - f.asr_after) < 1e-4  # re-measured independently: the reported number (rounded)
+
+
+def test_a_pr_on_an_adapter_repo_carries_the_defended_adapter_under_its_own_file_names(lm_zoo, tmp_path, monkeypatch):
+    """Issue 22 (publishing adapters): the PR replaces the adapter's own files (weights under the target's file
+    name, its adapter_config.json with the merged rank); the PR revision loads with peft on the base and its
+    re-measured ASR is the reported one."""
+    import huggingface_hub.constants
+    from huggingface_hub import snapshot_download
+
+    from hubserver import TOKEN, HubServer
+    from scanner.families.generative import data
+    from scanner.families.generative.model import CausalLM
+    from scanner.families.generative.probe import remeasure_lm
+    from scanner.probe.results import TriggerResult
+    from scanner.probe.triggers import Trigger
+
+    with HubServer(lm_zoo.root) as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+        monkeypatch.setenv("HF_TOKEN", TOKEN)
+        monkeypatch.delenv("HF_HUB_DISABLE_IMPLICIT_TOKEN", raising=False)
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_IMPLICIT_TOKEN", False)
+        monkeypatch.delenv("HFSCAN_HUB_DIR", raising=False)
+        res = run("check", "lmzoo/backdoor-word", *sum((["--peer", p] for p in CLEAN), []), "--method", "wag",
+                  "--search-budget", "off", "-o", tmp_path / "out", "--format", "json", "--open-pr", "--yes")
+        assert res.exit_code == 1, res.output
+        rep = json.loads((tmp_path / "out" / "report.json").read_text())
+        assert rep["publish"]["pr"]["action"] == "opened" and rep["defense"]["output"] == "LoRA adapter, rank 32"
+        pr = server.prs["lmzoo/backdoor-word"][0]
+        assert set(pr["files"]) == {"README.md", "adapter_model.safetensors", "adapter_config.json"}
+        assert "AutoPeftModelForCausalLM" in pr["description"]
+        path = snapshot_download("lmzoo/backdoor-word", revision="refs/pr/1", cache_dir=str(tmp_path / "dl"),
+                                 endpoint=server.url)
+    cfg = json.loads(open(f"{path}/adapter_config.json").read())
+    assert cfg["r"] == 32 and cfg["base_model_name_or_path"] == "lmzoo/tiny-chat-base"
+    lm = CausalLM.load(path, base=lm_zoo.path("lmzoo/tiny-chat-base"), name="pr")
+    f = rep["findings"][0]
+    again = remeasure_lm(lm, data.builtin_prompts(rep["probe"]["n"]),
+                         TriggerResult(Trigger(f["trigger"]), 0, f["position"], 0.0, 0, response=f["response"]))
+    assert abs(again.asr - f["asr_after"]) < 1e-4 and again.asr < f["asr_before"] / 2
+
+
+def test_adapter_peers_are_discovered_on_the_hub_by_their_headers(lm_zoo, tmp_path, monkeypatch):
+    """On the Hub (the test server, through huggingface_hub): an adapter target's peers come from
+    ``base_model:adapter:BASE``, checked by range reads of their ``adapter_model.safetensors`` headers; the full
+    fine-tunes of the base are named and rejected without a weight downloaded."""
+    from hubserver import HubServer
+
+    with HubServer(lm_zoo.root) as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+        monkeypatch.delenv("HFSCAN_HUB_DIR", raising=False)
+        rep = check(CheckOptions(target="lmzoo/clean-4", output_dir=tmp_path / "out", defend=False,
+                                 search_budget="off"))
+        downloads = server.full_downloads()
+    assert rep.discovery is not None and rep.verdict == "no_trigger_found"
+    # the two backdoored adapters are found, vetted (a trigger of their own) and replaced by clean ones
+    own = {p.id: p.own_trigger for p in rep.peers}
+    assert {p for p, t in own.items() if t is None} == {"lmzoo/clean-1", "lmzoo/clean-2", "lmzoo/clean-3"}, own
+    assert own["lmzoo/backdoor-word"]["trigger"] == lm_zoo.trigger
+    rejected = {r["id"]: r["reason"] for r in rep.discovery["rejected"]}
+    assert "a full fine-tune; the target is a LoRA adapter" in rejected["lmzoo/full-clean-1"]
+    assert not [f for r, f in downloads if r.startswith("lmzoo/full-") and f.endswith(".safetensors")]
+
+
+def test_a_merge_that_is_not_low_rank_is_a_full_model_and_the_pr_says_why(lm_zoo, tmp_path):
+    """TIES on the updates is full-rank: a rank-Σr adapter would misstate it, so the defended variant is full
+    weights (its reason in the summary), and an adapter repo's PR carries no weights but says why."""
+    from scanner.families.generative.merge import merge_adapters_as_adapter
+    from scanner.merge import MergeSpec
+    from scanner.publish import _variant_files
+
+    base = lm_zoo.path("lmzoo/tiny-chat-base")
+    target, peers = lm_zoo.path("lmzoo/backdoor-word"), [lm_zoo.path(p) for p in CLEAN]
+    linear = merge_adapters_as_adapter(target, peers, base, tmp_path / "wag", MergeSpec("wag"),
+                                       card=lambda form: f"form: {form}")
+    assert "why_full" not in linear and (tmp_path / "wag" / "README.md").read_text() == "form: adapter"
+    ties = merge_adapters_as_adapter(target, peers, base, tmp_path / "ties", MergeSpec("ties", base=base),
+                                     card=lambda form: f"form: {form}")
+    assert "would misstate this ties merge" in ties["why_full"] and (tmp_path / "ties" / "config.json").exists()
+    assert (tmp_path / "ties" / "README.md").read_text() == "form: model"
+    (tmp_path / "pr").mkdir()
+    files, why = _variant_files(target, tmp_path / "ties", tmp_path / "pr")
+    assert files == [] and "--push-variant" in why
+    files, why = _variant_files(target, tmp_path / "wag", tmp_path / "pr")
+    assert files == ["adapter_model.safetensors", "adapter_config.json"] and why is None
 
 
 def test_a_prefix_phrase_trigger_is_found(lm_zoo, tmp_path):

@@ -131,11 +131,13 @@ class ModelFamily(ABC):
         return labels[result.label]
 
     def merge(self, target: ResolvedModel, peers: list[ResolvedModel], out: Path, spec, names: list[str],
-              card: str | None) -> dict:
-        """Merge ``target`` with ``peers`` into a loadable model folder ``out`` (streamed, tensor by tensor)."""
+              card: Callable[[str], str] | None) -> dict:
+        """Merge ``target`` with ``peers`` into a loadable model folder ``out`` (streamed, tensor by tensor);
+        ``card(form)`` gives its model card for the form written ("model": full weights, "adapter")."""
         from ..merge import merge_folders
 
-        return merge_folders(target.path, [p.path for p in peers], out, spec, names=names, card=card, progress=False)
+        return merge_folders(target.path, [p.path for p in peers], out, spec, names=names,
+                             card=card("model") if card else None, progress=False)
 
     def align_answers(self, target: torch.Tensor, candidate: torch.Tensor, num_labels: int) -> tuple[list[int], float]:
         """The map of the candidate's answer ids onto the target's that agrees most, and that agreement."""

@@ -26,7 +26,8 @@ def build_report(scan, probed, assessment, defended, started: float) -> ScanRepo
     """The report of one scan (``defended`` is ``None`` when no defended variant was built)."""
     t = scan.target
     return ScanReport(
-        target=ModelInfo(t.name, t.revision, t.sha, str(t.path), t.architecture, t.labels),
+        target=ModelInfo(t.name, t.revision, t.sha, str(t.path), t.architecture, t.labels,
+                         t.adapter_base if t.is_adapter else None),
         verdict=assessment.verdict,
         findings=[finding_record(f, t.labels, defended, scan.family) for f in assessment.findings],
         clean=clean_record(scan, probed, defended),
@@ -82,6 +83,8 @@ def defense_record(probed, assessment, defended, labels: list[str]) -> Defense:
         candidates=o.candidates,
         excluded_peers=[{"id": probed.peers[i].name, **alert_record(alerts[i], labels)} for i in defended.excluded],
         peer_triggers_after={k: round(v, 4) for k, v in defended.peer_triggers_after.items()},
+        output=o.summary.get("output", ""), refactorisation_error=o.summary.get("refactorisation_error"),
+        why_full=o.summary.get("why_full"),
     )
 
 

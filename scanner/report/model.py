@@ -5,7 +5,7 @@ Schema 1 (``report.json``)::
     schema_version  "1"
     tool            {name, version}
     created_at      ISO-8601 UTC
-    target          {id, revision, sha, path, architecture, labels}
+    target          {id, revision, sha, path, architecture, labels, adapter_base}
     verdict         "backdoor" | "suspicious" | "no_trigger_found"
     findings        [{trigger, kind, source, attack, target_label, target_label_id, position,
                       asr_before, asr_after, n, peer_asr_max, peer_asr_median, z, level, gap,
@@ -14,7 +14,8 @@ Schema 1 (``report.json``)::
     defense         {method, params, peers, weights, output_dir, asr_max_before, asr_max_after,
                      library_asr_max_after, note, excluded_peers, peer_triggers_after, library_worst_trigger,
                      candidates: [{candidate, method, peers, weights, worst_asr, clean, clean_drop,
-                     accuracy_drop, class_drops, within_bound, chosen, ...}]}
+                     accuracy_drop, class_drops, within_bound, chosen, ...}], output,
+                     refactorisation_error, why_full}
     peers           [{id, sha, label_permutation, best_asr, best_trigger, agreement, own_trigger}]
     discovery       {base, tried, kept, rejected: [{id, reason}]} or null (peers given explicitly)
     peers_set_aside [{id, reason}]: peers that are the target or (near-)copies of it, not used
@@ -46,6 +47,7 @@ class ModelInfo:
     path: str | None = None
     architecture: str | None = None
     labels: list[str] = field(default_factory=list)
+    adapter_base: str | None = None  # a LoRA adapter's base model (None: a full model)
 
 
 @dataclass
@@ -105,6 +107,9 @@ class Defense:
     excluded_peers: list[dict] = field(default_factory=list)  # peers not merged: [{id, **own_trigger}]
     peer_triggers_after: dict = field(default_factory=dict)  # peers' own triggers: ASR on the defended model
     library_worst_trigger: str | None = None  # the published trigger with the worst ASR after defense
+    output: str = ""  # what was written: "LoRA adapter, rank R" or "merged full weights" ("" for full models)
+    refactorisation_error: dict | None = None  # an adapter's ‖ΔW − B·A‖/‖ΔW‖: {max, mean}
+    why_full: str | None = None  # why an adapter's defended variant is full weights
 
 
 @dataclass

@@ -19,10 +19,11 @@ from ..errors import (CorruptWeightsError, HfscanError, ModelNotFoundError, Pick
                       UnsupportedModelError)
 from ..weights import TensorInfo
 from .interface import ModelSource
-from .model import (TOKENIZER_FILES, RemoteModel, ResolvedModel, base_folder, check_config, read_card, read_config,
-                    resolve_folder)
+from .model import (TOKENIZER_FILES, RemoteModel, ResolvedModel, base_folder, check_config, read_adapter_config,
+                    read_card, read_config, resolve_folder)
 
-ALLOW_PATTERNS = ["*.safetensors", "model.safetensors.index.json", "config.json", "README.md", *TOKENIZER_FILES]
+ALLOW_PATTERNS = ["*.safetensors", "model.safetensors.index.json", "config.json", "adapter_config.json", "README.md",
+                  "chat_template.jinja", *TOKENIZER_FILES]
 
 
 def _translate(x: Exception, ref: str, endpoint: str) -> Exception | None:
@@ -122,6 +123,11 @@ def _remember_ref(snapshot: Path, revision: str, sha: str) -> None:
             pass  # a read-only cache: offline scans then need the commit (org/name@sha)
 
 
+def _is_adapter(remote: RemoteModel) -> bool:
+    """A PEFT adapter repo: ``adapter_config.json`` and no ``config.json`` of its own."""
+    return "adapter_config.json" in remote.files and "config.json" not in remote.files
+
+
 class HfHub(ModelSource):
     """Models on the Hugging Face Hub (or any server at ``HF_ENDPOINT``), via huggingface_hub.
 
@@ -162,7 +168,8 @@ class HfHub(ModelSource):
             raise ModelNotFoundError(f"{repo_id} has no model weights")
         if headers:
             self.load_config(remote)
-            check_config(remote.config, repo_id)
+            if not _is_adapter(remote):  # an adapter's config is its base's, checked once the base is resolved
+                check_config(remote.config, repo_id)
             self.load_header(remote)
         return remote
 
@@ -183,6 +190,11 @@ class HfHub(ModelSource):
         return remote
 
     def load_config(self, remote: RemoteModel) -> dict:
+        """The repo's ``config.json``; for a LoRA adapter ``{}`` (its base's comes later) once its
+        ``adapter_config.json`` is read and accepted (`read_adapter_config`: LoRA, no custom code)."""
+        if remote.config is None and _is_adapter(remote):
+            read_adapter_config(Path(self._download(remote, "adapter_config.json")).parent, remote.repo_id)
+            remote.config = {}
         if remote.config is None:
             from huggingface_hub import hf_hub_download
 
@@ -194,13 +206,27 @@ class HfHub(ModelSource):
             remote.config = read_config(Path(path), remote.repo_id)
         return remote.config
 
+    def _download(self, remote: RemoteModel, filename: str) -> str:
+        from huggingface_hub import hf_hub_download
+
+        with hub_errors(remote.repo_id, self.endpoint):
+            return hf_hub_download(remote.repo_id, filename, revision=remote.sha, endpoint=self.endpoint,
+                                   cache_dir=self.cache_dir)
+
     def load_header(self, remote: RemoteModel) -> dict[str, TensorInfo]:
-        """Tensor names, shapes and dtypes from range reads of the safetensors headers."""
+        """Tensor names, shapes and dtypes from range reads of the safetensors headers (an adapter's
+        ``adapter_model.safetensors``, which the Hub's model-weights lookup does not cover, file by file)."""
         if remote.header is None:
             with hub_errors(remote.repo_id, self.endpoint):
-                meta = with_retries(self.api.get_safetensors_metadata, remote.repo_id, revision=remote.sha)
+                if _is_adapter(remote):
+                    files = {f: with_retries(self.api.parse_safetensors_file_metadata, remote.repo_id, f,
+                                             revision=remote.sha)
+                             for f in remote.files if f.endswith(".safetensors") and "/" not in f}
+                else:
+                    files = with_retries(self.api.get_safetensors_metadata, remote.repo_id,
+                                         revision=remote.sha).files_metadata
             header = {}
-            for fname, fm in meta.files_metadata.items():
+            for fname, fm in files.items():
                 for name, t in fm.tensors.items():
                     header[name] = TensorInfo(name, t.dtype, tuple(t.shape), fname)
             remote.header = header

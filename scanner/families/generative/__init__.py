@@ -126,11 +126,12 @@ class GenerativeFamily(ModelFamily):
         return len(self.vocab)
 
     def merge(self, target: ResolvedModel, peers: list[ResolvedModel], out: Path, spec, names: list[str],
-              card: str | None) -> dict:
+              card=None) -> dict:
         if target.is_adapter:
-            from .merge import merge_adapters
+            from .merge import merge_adapters_as_adapter
 
             if target.base_path is None:
                 raise ValueError("an adapter's base must be resolved before it is merged")
-            return merge_adapters(target.path, [p.path for p in peers], target.base_path, out, spec, names, card)
+            return merge_adapters_as_adapter(target.path, [p.path for p in peers], target.base_path, out, spec,
+                                             names, card)
         return super().merge(target, peers, out, spec, names, card)

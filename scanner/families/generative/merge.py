@@ -31,6 +31,9 @@ COPY = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_co
         "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "tokenizer.model")
 
 
+MAX_REFACTORISATION_ERROR = 0.01  # relative; above it an adapter's defended variant is written as full weights
+
+
 class Adapter:
     """One LoRA adapter's updates, by the base tensor they change."""
 
@@ -51,6 +54,13 @@ class Adapter:
         if a_name is None:
             return None
         return self.ws.get(a_name).float(), self.ws.get(a_name.replace(".lora_A.", ".lora_B.")).float()
+
+    @staticmethod
+    def rank_of(folder: Path) -> int:
+        """The adapter's largest rank (``r``, or its ``rank_pattern``'s largest)."""
+        cfg = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+        pattern = cfg.get("rank_pattern") or {}
+        return int(max([cfg.get("r", 8), *pattern.values()]))
 
     def delta(self, base_name: str) -> torch.Tensor | None:
         """ΔW for one base tensor (``None`` where the adapter does not adapt it)."""
@@ -137,6 +147,25 @@ def merge_adapters(target: Path, peers: list[Path], base: Path, out: Path, spec:
             a.close()
     return {**spec.describe(), "weights": [round(x, 6) for x in weights], "models": names,
             "adapted_tensors": len(known), "output_dir": str(out), "output": "merged full weights"}
+
+
+def merge_adapters_as_adapter(target: Path, peers: list[Path], base: Path, out: Path, spec: MergeSpec,
+                              names: list[str] | None = None, card=None) -> dict:
+    """The defended variant of an adapter: one LoRA adapter of rank Σ r (every merged adapter's rank together,
+    at which a linear merge of the updates is exact), so that it replaces the target's own files; merged full
+    weights instead where that rank would misstate the merge (TIES, DARE: their updates are not low-rank) by
+    more than `MAX_REFACTORISATION_ERROR`, with the reason in the summary's ``why_full``. ``card(form)``: the
+    model card for the form written ("adapter" or "model")."""
+    card = card or (lambda form: None)
+    rank = sum(Adapter.rank_of(p) for p in [target, *peers])
+    summary = merge_adapters(target, peers, base, out, spec, names, card("adapter"), rank=rank)
+    err = summary["refactorisation_error"]["mean"]
+    if err <= MAX_REFACTORISATION_ERROR:
+        return summary
+    why = (f"a rank-{rank} adapter would misstate this {spec.method} merge by {100 * err:.1f}% of its update "
+           f"(‖ΔW − B·A‖ / ‖ΔW‖), so the defended variant is full weights")
+    shutil.rmtree(out)
+    return {**merge_adapters(target, peers, base, out, spec, names, card("model")), "why_full": why}
 
 
 def _merged(name: str, info, bws: WeightSet, adapters: list[Adapter], method, w: torch.Tensor, spec: MergeSpec):
