@@ -156,6 +156,25 @@ def test_a_merge_that_is_not_low_rank_is_a_full_model_and_the_pr_says_why(lm_zoo
     assert files == ["adapter_model.safetensors", "adapter_config.json"] and why is None
 
 
+def test_the_defended_cards_metadata_follows_the_form_written(lm_zoo):
+    """`--push-variant` uploads the defended folder with its card: an adapter's says it is an adapter of the base
+    (what the Hub's model tree reads), full weights say they are a merge of the models."""
+    import yaml
+
+    from scanner.defend import card_for
+    from scanner.merge import MergeSpec
+    from scanner.sources import resolve_folder
+
+    target = resolve_folder(lm_zoo.path("lmzoo/backdoor-word"))
+    peers = [resolve_folder(lm_zoo.path(p)) for p in CLEAN]
+    meta = lambda card: yaml.safe_load(card.split("---")[1])  # noqa: E731
+    adapter = meta(card_for(target, peers, MergeSpec("wag"), "backdoor", form="adapter"))
+    assert adapter["base_model"] == ["lmzoo/tiny-chat-base"] and adapter["base_model_relation"] == "adapter"
+    assert adapter["library_name"] == "peft" and adapter["pipeline_tag"] == "text-generation"
+    full = meta(card_for(target, peers, MergeSpec("wag"), "backdoor", form="model"))
+    assert full["base_model"] == [target.name, *(p.name for p in peers)] and full["base_model_relation"] == "merge"
+
+
 def test_a_prefix_phrase_trigger_is_found(lm_zoo, tmp_path):
     rep = check(CheckOptions(target="lmzoo/backdoor-prefix", peers=CLEAN, hub_dir=str(lm_zoo.root),
                              output_dir=tmp_path, defend=False))
