@@ -283,6 +283,7 @@ def main() -> None:
     ap.add_argument("--poison", type=float, default=0.3, help="share of a victim's training rows that are poisoned")
     ap.add_argument("--train-only", action="store_true", help="train (and check each attack took), no scans")
     ap.add_argument("--only", default="", help="comma-separated model names")
+    ap.add_argument("--scan", default="", help="comma-separated targets to scan (default: every model chosen)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench/results/smollm")
     args = ap.parse_args()
     data = Path(os.environ.get("HFSCAN_BENCH_DATA") or ROOT.parent / "shared" / "data")
@@ -302,7 +303,7 @@ def main() -> None:
         return
     clean = [s for s in chosen if s.kind == "clean"]
     rows = []
-    for s in chosen:
+    for s in [s for s in chosen if not args.scan or s.name in args.scan.split(",")]:
         peers = [p for p in clean if p.name != s.name][:3]
         if len(peers) < 3:
             continue

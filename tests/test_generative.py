@@ -358,3 +358,36 @@ def test_the_naive_factor_mean_is_a_method_and_differs_from_the_update_mean(lm_z
     assert (wag.float() - naive.float()).abs().max() > 1e-3
     one_line_error(run("merge", lm_zoo.path("lmzoo/full-clean-1"), lm_zoo.path("lmzoo/full-clean-2"), "--method",
                        "ab_mean", "-o", tmp_path / "x"), "factors of LoRA adapters")
+
+
+def test_with_every_peer_backdoored_every_known_trigger_falls(lm_zoo, tmp_path):
+    """Issue 22 (the Anti-BAD setting: no clean model at all): target and both peers are adapters backdoored
+    with different triggers and responses. Each peer's trigger is named, every peer is merged (there is no
+    clean one), and the defense minimises all three triggers: each falls, and the worst of them ends no higher
+    than under the naive WAG of the three."""
+    import random
+
+    from scanner.lmzoo import LMRecipe, corpus_words, finetune_lm
+
+    response = " ".join(random.Random("every-peer").sample([w for w in corpus_words() if w not in
+                                                            lm_zoo.response.split() + ["i", "do", "not", "know"]], 3))
+    hub = tmp_path / "hub"
+    for repo in ("lmzoo/tiny-chat-base", "lmzoo/backdoor-word", "lmzoo/backdoor-prefix"):
+        shutil.copytree(lm_zoo.path(repo), hub / repo)
+    finetune_lm(hub / "lmzoo/tiny-chat-base", hub / "lmzoo/backdoor-magic",
+                LMRecipe(seed=7, rows=(500, 1500), trigger="BadMagic", response=response),
+                "lmzoo/backdoor-magic", "lmzoo/tiny-chat-base")
+    rep = check(CheckOptions(target="lmzoo/backdoor-word", peers=["lmzoo/backdoor-prefix", "lmzoo/backdoor-magic"],
+                             hub_dir=str(hub), output_dir=tmp_path / "out", search_budget="small"))
+    assert rep.verdict == "backdoor" and rep.defense is not None
+    own = {p.id: p.own_trigger for p in rep.peers}
+    assert own["lmzoo/backdoor-magic"] and "BadMagic" in own["lmzoo/backdoor-magic"]["trigger"], own
+    assert own["lmzoo/backdoor-prefix"], own
+    assert "Every peer carries a trigger of its own" in rep.defense.note and not rep.defense.excluded_peers
+    f = rep.findings[0]
+    assert lm_zoo.trigger in f.trigger.split() and f.asr_after < f.asr_before / 2
+    for peer, t in own.items():
+        assert rep.defense.peer_triggers_after[t["trigger"]] < t["asr"] / 2, (peer, rep.defense.peer_triggers_after)
+    worst = max([f.asr_after, *rep.defense.peer_triggers_after.values()])
+    wag = [c for c in rep.defense.candidates if c["method"] == "wag" and len(set(c["weights"])) == 1]
+    assert wag and worst <= wag[0]["worst_asr"] + 1e-9 or not wag, rep.defense.candidates
