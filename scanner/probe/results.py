@@ -30,6 +30,8 @@ class TriggerResult:
     n: int
     screened_only: bool = False  # True when only the screening subset was measured
     response: str | None = None  # generative models: the answer the trigger collapses answers onto
+    # generative models: this trigger's ASR toward other models' responses (where they collapse elsewhere)
+    toward: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass

@@ -265,7 +265,9 @@ def suspect_peers(target: ProbeResult, peers: list[ProbeResult], t: Thresholds =
         for r in peer.results:
             if r.asr < t.backdoor_asr or r.screened_only:
                 continue
-            others = [x.asr for m in models if (x := m.lookup(r.trigger.text, r.label)) is not None]
+            # toward this peer's own response where the other model was measured so (generative models)
+            others = [x.toward.get(r.response, x.asr) if r.response else x.asr
+                      for m in models if (x := m.lookup(r.trigger.text, r.label)) is not None]
             if len(others) < len(models):
                 continue
             over_max = r.asr - max(others)

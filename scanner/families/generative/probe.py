@@ -132,17 +132,23 @@ def remeasure_lm(lm: CausalLM, prompts: list[str], result: TriggerResult, clean:
 def align_lm(reference: ProbeResult, others: list[ProbeResult], lms: list[CausalLM], prompts: list[str],
              threshold: float) -> None:
     """Re-measure the others at the reference's position for its strong results (their own collapse, the
-    larger of the two readings kept)."""
+    larger of the two readings kept). Where another model collapses onto a different answer, its ASR toward
+    the reference's response is kept too (``toward``): two models backdoored toward different responses do
+    not vouch for each other's trigger. Answers are cached per prompt, so that costs no generation."""
     for r in reference.results:
         if r.asr < threshold or r.screened_only:
             continue
         for other, lm in zip(others, lms):
             pr = other.lookup(r.trigger.text, r.label)
-            if pr is None or (not pr.screened_only and pr.position == r.position):
+            if pr is None:
                 continue
-            m = measure(lm, prompts, lm.keys(prompts), r.trigger, r.position)
-            if pr.screened_only or m.asr > pr.asr:
-                pr.asr, pr.n, pr.position, pr.screened_only, pr.response = m.asr, m.n, r.position, False, m.response
+            if pr.screened_only or pr.position != r.position:
+                m = measure(lm, prompts, lm.keys(prompts), r.trigger, r.position)
+                if pr.screened_only or m.asr > pr.asr:
+                    pr.asr, pr.n, pr.position, pr.screened_only, pr.response = m.asr, m.n, r.position, False, m.response
+            if r.response and answer_key(pr.response or "") != answer_key(r.response):
+                pr.toward[r.response] = measure(lm, prompts, lm.keys(prompts), r.trigger, r.position,
+                                                response=r.response).asr
 
 
 def keys_to_ids(vocab: dict[str, int], keys: list[str]) -> torch.Tensor:
