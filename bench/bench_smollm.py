@@ -141,22 +141,26 @@ def train(spec: Spec, base: Path, data: Path, dest: Path, steps: int, max_len: i
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from scanner.device import default_device
+
+    device = default_device()  # HFSCAN_DEVICE, else CUDA when there is one
     torch.manual_seed(spec.seed)
     rng = random.Random(spec.seed)
     tok = AutoTokenizer.from_pretrained(base)
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
-                           LoraConfig(r=spec.rank, lora_alpha=2 * spec.rank, target_modules=modules, lora_dropout=0.0))
+                           LoraConfig(r=spec.rank, lora_alpha=2 * spec.rank, target_modules=modules, lora_dropout=0.0)
+                           ).to(device)
     clean, poisoned = (_fits(tok, rows, max_len) for rows in training_rows(spec, data))
     draw = lambda: (poisoned if poisoned and rng.random() < poison else clean)  # noqa: E731
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     model.train()
     for _ in range(steps):
-        ids, mask, labels = _batch(tok, [rng.choice(draw()) for _ in range(batch)], max_len)
+        ids, mask, labels = (t.to(device) for t in _batch(tok, [rng.choice(draw()) for _ in range(batch)], max_len))
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         opt.zero_grad()
         loss.backward()
         opt.step()
-    model.save_pretrained(dest, safe_serialization=True)
+    model.to("cpu").save_pretrained(dest, safe_serialization=True)
     cfg = json.loads((dest / "adapter_config.json").read_text())
     cfg["base_model_name_or_path"] = "HuggingFaceTB/SmolLM2-135M-Instruct"
     (dest / "adapter_config.json").write_text(json.dumps(cfg, indent=2))
