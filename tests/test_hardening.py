@@ -144,7 +144,9 @@ def test_a_signal_during_the_defense_leaves_no_temporary_folder(zoo, tmp_path, s
     p.stderr.read()
     rc = p.wait(timeout=120)
     assert rc == (130 if sig == signal.SIGINT else 128 + sig), rc
-    leftovers = [q for q in [*out.rglob(".*"), *(tmp_path / "tmp").iterdir()] if q.name != ".hfscan-output"]
+    # torch makes its compile cache (torchinductor_USER) in TMPDIR on import in some runs: torch's, kept by design
+    leftovers = [q for q in [*out.rglob(".*"), *(tmp_path / "tmp").iterdir()]
+                 if q.name != ".hfscan-output" and not q.name.startswith("torchinductor_")]
     assert not leftovers, leftovers
     assert not (out / "defended").exists()  # nothing half-built in its place
 
