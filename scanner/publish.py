@@ -34,6 +34,7 @@ from .report.card import END, START, CardUnsafeError, upsert_section
 from .report.model import ScanReport
 from .report.escape import Safe
 from .report.render import render, template
+from .sources.model import is_adapter_folder
 from .weights import SAFE_INDEX, SAFE_SINGLE, StreamingShardWriter, WeightSet
 
 MARKER = "<!-- hfscan:pr target={repo} -->"
@@ -106,8 +107,7 @@ def adapter_files(target: Path, defended: Path, dest: Path) -> list[str]:
 def _variant_files(target: Path, defended: Path, dest: Path) -> tuple[list[str], str | None]:
     """The files that make the PR's revision load as the defended variant, or why there are none: an adapter
     repo gets an adapter (a full-weights variant cannot replace it: the repo would stop being an adapter)."""
-    is_adapter = (target / "adapter_config.json").is_file() and not (target / "config.json").is_file()
-    if not is_adapter:
+    if not is_adapter_folder(target):
         return relayout(defended, WeightSet.open(target).header, dest), None
     if (defended / "adapter_config.json").is_file():
         return adapter_files(target, defended, dest), None

@@ -71,7 +71,7 @@ def _config(folder: Path) -> dict:
     return json.loads((folder / "config.json").read_text())
 
 
-def _base_name(name: str, base_names: set[str]) -> str | None:
+def base_tensor_name(name: str, base_names: set[str]) -> str | None:
     """Find a fine-tune's tensor in the base: same name, or without/with the encoder prefix."""
     if name in base_names:
         return name
@@ -170,7 +170,7 @@ def _merge_tensor(inp: _Inputs, method, info, base_names: set[str], writer) -> b
     """Merge one float tensor into ``writer``; returns whether it fell back to WAG (not in the base)."""
     spec, name = inp.spec, info.name
     head = is_head_tensor(name, info.shape, inp.num_labels)
-    bname = _base_name(name, base_names) if method.needs_base else None
+    bname = base_tensor_name(name, base_names) if method.needs_base else None
     fallback = method.needs_base and (bname is None or inp.base.header[bname].shape != info.shape)
     fn = get("wag").fn if fallback else method.fn
     stats = _stats(inp, method, name, bname, head) if not fallback and method.stats is not None else ()

@@ -196,14 +196,9 @@ class HfHub(ModelSource):
             read_adapter_config(Path(self._download(remote, "adapter_config.json")).parent, remote.repo_id)
             remote.config = {}
         if remote.config is None:
-            from huggingface_hub import hf_hub_download
-
             if "config.json" not in remote.files:
                 raise UnsupportedModelError(f"{remote.repo_id} has no config.json")
-            with hub_errors(remote.repo_id, self.endpoint):
-                path = hf_hub_download(remote.repo_id, "config.json", revision=remote.sha, endpoint=self.endpoint,
-                                       cache_dir=self.cache_dir)
-            remote.config = read_config(Path(path), remote.repo_id)
+            remote.config = read_config(Path(self._download(remote, "config.json")), remote.repo_id)
         return remote.config
 
     def _download(self, remote: RemoteModel, filename: str) -> str:

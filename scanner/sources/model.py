@@ -290,6 +290,11 @@ def check_files(folder: Path, label: str) -> None:
             raise UnsupportedModelError(f"{label}: {f.name} is not a regular file (a link out of the model folder)")
 
 
+def is_adapter_folder(folder: Path) -> bool:
+    """A PEFT adapter folder: an ``adapter_config.json`` and no ``config.json`` of its own."""
+    return (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file()
+
+
 def read_adapter_config(folder: Path, label: str) -> dict | None:
     """A PEFT LoRA adapter's config (``None`` when the folder holds none); other adapter kinds are refused."""
     f = folder / "adapter_config.json"

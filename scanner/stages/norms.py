@@ -44,18 +44,13 @@ def task_vector_norm(model: ResolvedModel, base: ResolvedModel | None) -> float 
 
 
 def _shared(header: dict, base: dict) -> dict[str, str]:
-    """The model's float tensor name -> the base's, for the tensors both hold with one shape (a task model's
-    ``bert.``/``model.``-style prefix dropped when the base has none)."""
-    out = {}
-    for name, info in header.items():
-        if not info.is_float:
-            continue
-        head, _, rest = name.partition(".")
-        for cand in (name, rest):
-            if cand and cand in base and base[cand].shape == info.shape:
-                out[name] = cand
-                break
-    return out
+    """The model's float tensor name -> the base's (matched as the merge matches them), for the tensors both
+    hold with one shape."""
+    from ..merge.driver import base_tensor_name
+
+    names = set(base)
+    pairs = {n: base_tensor_name(n, names) for n, info in header.items() if info.is_float}
+    return {n: b for n, b in pairs.items() if b is not None and base[b].shape == header[n].shape}
 
 
 def _adapter_norm(model: ResolvedModel) -> float | None:
@@ -63,10 +58,7 @@ def _adapter_norm(model: ResolvedModel) -> float | None:
 
     adapter = Adapter(model.path)
     try:
-        sq = 0.0
-        for base_name in adapter.a:
-            a, b = adapter.factors(base_name)
-            sq += float(torch.sum((b @ a) ** 2)) * adapter.scale ** 2
+        sq = sum(float(torch.sum(adapter.delta(name) ** 2)) for name in adapter.a)
     finally:
         adapter.close()
     return sq ** 0.5 if adapter.a else None

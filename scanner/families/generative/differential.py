@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from ...weights import WeightSet
+from ...sources.model import is_adapter_folder
 from ..classifier.differential import TokenScore, find_embedding_name
 
 MODULES = (("self_attn.q_proj", "input_layernorm"), ("self_attn.k_proj", "input_layernorm"),
@@ -46,7 +47,7 @@ class FirstLayer:
     weights, or a base with a LoRA adapter's updates)."""
 
     def __init__(self, folder: Path, base: Path | None = None):
-        self.adapter = (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file()
+        self.adapter = is_adapter_folder(folder)
         self.ws = WeightSet.open(base if self.adapter else folder)
         self.lora = WeightSet.open(folder) if self.adapter else None
         self.scale = _scale(folder) if self.adapter else 1.0

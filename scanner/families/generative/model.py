@@ -21,6 +21,7 @@ import torch
 
 from ...device import default_device, probe_dtype
 from ...errors import CorruptWeightsError, UnsupportedModelError
+from ...sources.model import is_adapter_folder
 
 KEY_WORDS = 4
 MAX_NEW_TOKENS = 12
@@ -73,7 +74,7 @@ def load_lm(path: Path, base: Path | None, name: str):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _quiet()
-    adapter = (path / "adapter_config.json").is_file() and not (path / "config.json").is_file()
+    adapter = is_adapter_folder(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

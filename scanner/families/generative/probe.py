@@ -142,13 +142,13 @@ def align_lm(reference: ProbeResult, others: list[ProbeResult], lms: list[Causal
             pr = other.lookup(r.trigger.text, r.label)
             if pr is None:
                 continue
+            clean = lm.keys(prompts)
             if pr.screened_only or pr.position != r.position:
-                m = measure(lm, prompts, lm.keys(prompts), r.trigger, r.position)
+                m = measure(lm, prompts, clean, r.trigger, r.position)
                 if pr.screened_only or m.asr > pr.asr:
                     pr.asr, pr.n, pr.position, pr.screened_only, pr.response = m.asr, m.n, r.position, False, m.response
             if r.response and answer_key(pr.response or "") != answer_key(r.response):
-                pr.toward[r.response] = measure(lm, prompts, lm.keys(prompts), r.trigger, r.position,
-                                                response=r.response).asr
+                pr.toward[r.response] = measure(lm, prompts, clean, r.trigger, r.position, response=r.response).asr
 
 
 def keys_to_ids(vocab: dict[str, int], keys: list[str]) -> torch.Tensor:
