@@ -1,7 +1,10 @@
 """Merge-engine benchmark: hfscan's streaming merge vs the paper's in-memory averaging.
 
-Four BERT-base-sized classifiers (random weights, 110M parameters each, fp32 safetensors) are
-written to a scratch folder; then, each in its own process (so peak RSS is its own):
+Four models with random weights are written to a scratch folder: ``--preset bert-base`` (default),
+BERT-base-sized classifiers (110M parameters each, fp32, one file each); ``--preset llama-1b``,
+Llama-shaped causal LMs of 1.24B parameters each (Llama-3.2-1B's geometry: hidden 2048, 16 layers,
+vocab 128,256; bf16, 2 GB shards, as transformers writes them). Then, each in its own process (so
+peak RSS is its own):
 
 * io_floor     read every input tensor once and write one output of the same size (no math);
 * paper_wag    the Free Lunch reference: load every model as a full state dict, stack, mean, save;
@@ -10,7 +13,7 @@ written to a scratch folder; then, each in its own process (so peak RSS is its o
 
 Peak RSS comes from `resource.getrusage(RUSAGE_CHILDREN)` (ru_maxrss) of each child.
 
-    .venv/bin/python bench/bench_merge.py [--dir /tmp/hfscan-bench-merge] [--keep]
+    .venv/bin/python bench/bench_merge.py [--preset bert-base|llama-1b] [--dir /tmp/hfscan-bench-merge] [--keep]
 """
 
 from __future__ import annotations
@@ -47,6 +50,51 @@ def make_models(d: Path, n: int) -> list[Path]:
     return out
 
 
+LLAMA_1B = dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+                num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=True, torch_dtype="bfloat16")
+
+
+def make_llama(d: Path, n: int) -> list[Path]:
+    """Random bf16 Llama checkpoints written tensor by tensor (`StreamingShardWriter`, 2 GB shards): building
+    a 1.24B-parameter model in memory and saving it would cost more than the merge being measured."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from scanner.weights import StreamingShardWriter
+
+    cfg = LlamaConfig(**LLAMA_1B, architectures=["LlamaForCausalLM"])
+    with torch.device("meta"):
+        shapes = {k: tuple(v.shape) for k, v in LlamaForCausalLM(cfg).state_dict().items()}
+    shapes.pop("lm_head.weight", None)  # tied to the embeddings, as the real checkpoint stores it
+    out = []
+    for i in range(n):
+        p = d / f"llama{i}"
+        out.append(p)
+        if (p / "model.safetensors.index.json").exists():
+            continue
+        g = torch.Generator().manual_seed(i)
+        with StreamingShardWriter(p, [(k, "BF16", s) for k, s in shapes.items()]) as w:
+            for k, s in shapes.items():
+                rows = max(1, (64 << 20) // (2 * max(1, int(torch.tensor(s[1:]).prod())))) if len(s) > 1 else s[0]
+                for r in range(0, s[0], rows):
+                    chunk = (s[0] if len(s) == 1 else min(rows, s[0] - r),) + s[1:]
+                    w.write(k, (torch.randn(chunk, generator=g) * 0.02).to(torch.bfloat16))
+        cfg.save_pretrained(p)
+        _tokenizer(p)
+    return out
+
+
+def _tokenizer(folder: Path) -> None:
+    """A word-level tokenizer.json (the merge copies it; nothing here tokenizes)."""
+    from tokenizers import Tokenizer, models
+
+    Tokenizer(models.WordLevel({"<unk>": 0, "the": 1}, unk_token="<unk>")).save(str(folder / "tokenizer.json"))
+
+
+def weight_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in Path(folder).glob("*.safetensors"))
+
+
 CHILD = {
     "io_floor": r'''
 import sys, time
@@ -64,15 +112,17 @@ with StreamingShardWriter(sys.argv[1], plan) as w:
 import sys, torch
 from safetensors.torch import load_file, save_file
 from pathlib import Path
-sds = [load_file(str(Path(p) / "model.safetensors")) for p in sys.argv[2:]]
+sds = [{k: v for f in sorted(Path(p).glob("*.safetensors")) for k, v in load_file(str(f)).items()}
+       for p in sys.argv[2:]]
 out = {}
 for k in sds[0]:
     if sds[0][k].is_floating_point():
-        out[k] = torch.stack([sd[k] for sd in sds]).mean(0)
+        out[k] = torch.stack([sd[k].float() for sd in sds]).mean(0).to(sds[0][k].dtype)
     else:
         out[k] = sds[0][k]
 Path(sys.argv[1]).mkdir(parents=True, exist_ok=True)
-save_file(out, str(Path(sys.argv[1]) / "model.safetensors"), metadata={"format": "pt"})
+from huggingface_hub import save_torch_state_dict
+save_torch_state_dict(out, sys.argv[1], max_shard_size="2GB")
 ''',
 }
 
@@ -101,11 +151,12 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--dir", type=Path, default=Path("/tmp/hfscan-bench-merge"))
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--preset", choices=("bert-base", "llama-1b"), default="bert-base")
     a = ap.parse_args()
     a.dir.mkdir(parents=True, exist_ok=True)
-    models = make_models(a.dir, 5)
+    models = (make_llama if a.preset == "llama-1b" else make_models)(a.dir, 5)
     inputs, base = [str(p) for p in models[:4]], str(models[4])
-    size_mb = sum((Path(p) / "model.safetensors").stat().st_size for p in inputs) / 2**20
+    size_mb = sum(weight_bytes(Path(p)) for p in inputs) / 2**20
     rows = []
     for name, args in [
         ("io_floor", [str(a.dir / "out_io"), *inputs]),
@@ -119,14 +170,19 @@ def main() -> None:
     # correctness: hfscan's WAG equals the paper's output
     from safetensors import safe_open
 
-    with safe_open(str(a.dir / "out_paper" / "model.safetensors"), "pt") as ref:
-        from scanner.weights import WeightSet
+    from scanner.weights import WeightSet
 
-        ws = WeightSet.open(a.dir / "out_wag")
-        worst = max(float((ws.get(k) - ref.get_tensor(k)).abs().max()) for k in ref.keys() if ref.get_tensor(k).is_floating_point())
+    ws, worst = WeightSet.open(a.dir / "out_wag"), 0.0
+    for f in sorted((a.dir / "out_paper").glob("*.safetensors")):
+        with safe_open(str(f), "pt") as ref:
+            for k in ref.keys():
+                t = ref.get_tensor(k)
+                if t.is_floating_point():
+                    worst = max(worst, float((ws.get(k).float() - t.float()).abs().max()))
     by = {r["name"]: r for r in rows}
+    kind = "Llama-1B causal LMs (bf16)" if a.preset == "llama-1b" else "BERT-base classifiers (fp32)"
     print()
-    print(f"inputs: 4 x BERT-base classifiers, {size_mb:.0f} MB of fp32 safetensors; max |hfscan WAG - paper WAG| = {worst:.2e}")
+    print(f"inputs: 4 x {kind}, {size_mb:.0f} MB of safetensors; max |hfscan WAG - paper WAG| = {worst:.2e}")
     print("| run | wall (s) | peak RSS (MB) | RSS vs paper | wall vs I/O floor |")
     print("|---|---:|---:|---:|---:|")
     for r in rows:

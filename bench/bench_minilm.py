@@ -402,7 +402,8 @@ def defense_models(name: str) -> tuple[list[str], str, list[str]]:
     """A victim's clean peers, its clean twin (same data, no poison) and, for SST-2, its backdoored peers."""
     m = BY_NAME[name]
     pool = TASKS[m.task]["pool"]
-    return pool[:3], pool[-1], (BACKDOORED_PEERS if m.task == "sst2" else [])
+    two = os.environ.get("BENCH_DEFEND_SETTINGS") == "two"  # the two-peer rows read no backdoored peers
+    return pool[:3], pool[-1], (BACKDOORED_PEERS if m.task == "sst2" and not two else [])
 
 
 def differential_ranks(name: str, peers: list[str], trig: str | None, base: Path, k: int = 200) -> dict:
@@ -439,6 +440,7 @@ def detect_job(name: str, base: Path) -> dict:
 
 def defend_job(name: str, base: Path) -> dict:
     from scanner.merge import MergeSpec, merge_folders
+    from scanner.merge.switching import switching_spec
 
     m = BY_NAME[name]
     clean_texts, clean_y = _clean(m.task)
@@ -458,12 +460,16 @@ def defend_job(name: str, base: Path) -> dict:
            "none": measure(victim)}
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
         tmp = Path(tmp)
+        two = os.environ.get("BENCH_DEFEND_SETTINGS") == "two"
         variants = {
-            "wag2": (peers[:2], MergeSpec("wag")), "wag3": (peers, MergeSpec("wag")),
+            "wag2": (peers[:2], MergeSpec("wag")), "ms2": (peers[:2], switching_spec(3, 6)),
+            "wag3": (peers, MergeSpec("wag")),
             "ta3": (peers, MergeSpec("task_arithmetic", base=base, weights=[1.0] * 4, lam=0.5)),
             "ties3": (peers, MergeSpec("ties", base=base, density=0.5)),
             "dare3": (peers, MergeSpec("dare_ties", base=base, density=0.5)),
         }
+        if two:
+            variants = {k: v for k, v in variants.items() if k.endswith("2")}
         bd = [CACHE / p for p in bd_peers]
         bd_tests = {p: (poison_test(BY_NAME[p], base), BY_NAME[p].target) for p in bd_peers}
 
@@ -482,6 +488,8 @@ def defend_job(name: str, base: Path) -> dict:
                 res[key + "_peer_triggers"] = peer_triggers(tmp / key)
             shutil.rmtree(tmp / key)
         runs = {"hfscan2": peers[:2], "hfscan3": peers, **({"hfscan3_bdpeers": bd} if bd else {})}
+        if two:
+            runs = {"hfscan2": peers[:2]}
         for key, ps in runs.items():
             t0 = time.time()
             rep = _check(victim, ps, base, tmp / key, defend=True)
@@ -596,7 +604,8 @@ def summarize(results: list[dict]) -> str:
                        + (" " + ", ".join(f"{w} {k or '>200'}" for w, k in r.get("differential_rank", {}).items()) + " |"
                           if any("differential_rank" in x for x in det) else ""))
     if dfn:
-        keys = ["none", "wag2", "wag3", "ta3", "ties3", "dare3", "hfscan2", "hfscan3", "wag3_bdpeers", "hfscan3_bdpeers"]
+        keys = ["none", "wag2", "ms2", "wag3", "ta3", "ties3", "dare3", "hfscan2", "hfscan3", "wag3_bdpeers",
+                "hfscan3_bdpeers"]
         out += ["", "## Defense (ASR / clean accuracy, %)", "",
                 "| victim | floor | " + " | ".join(keys) + " |", "|---|---:|" + "---|" * len(keys)]
         for r in dfn:
@@ -605,7 +614,8 @@ def summarize(results: list[dict]) -> str:
         out += ["", "Reduction (before-after)/before | share of the removable part removed (before-after)/(before-floor) "
                 "| the same, each victim capped at 100% (an ASR below the floor counts as the floor) "
                 "| clean-accuracy cost (points):", ""]
-        for k in ("wag2", "hfscan2", "wag3", "ta3", "ties3", "dare3", "hfscan3", "wag3_bdpeers", "hfscan3_bdpeers"):
+        for k in ("wag2", "ms2", "hfscan2", "wag3", "ta3", "ties3", "dare3", "hfscan3", "wag3_bdpeers",
+                  "hfscan3_bdpeers"):
             red, rem, cap, cost = [], [], [], []
             for r in dfn:
                 if k not in r:
@@ -681,6 +691,8 @@ def main() -> None:
                     "evaluation set (0: all)")
     ap.add_argument("--tasks", default="sst2,olid,agnews")
     ap.add_argument("--jobs", default="detect,defend")
+    ap.add_argument("--defend-settings", choices=["all", "two"], default="all",
+                    help="two: only the two-peer rows of the defense jobs (WAG-2, module switching MS-2, hfscan-2)")
     ap.add_argument("--only", help="comma-separated models: run the detect/defend jobs of these only")
     ap.add_argument("--heldout", action="store_true", help="also the 6 held-out clean models (ho-*), for the "
                     "false-positive rate on models no threshold was shaped on")
@@ -725,6 +737,7 @@ def main() -> None:
     os.environ["BENCH_SEARCH_BUDGET"] = a.search_budget
     os.environ["BENCH_EVAL_ROWS"] = str(a.eval_rows)
     os.environ["BENCH_TRAIN_DTYPE"] = a.train_dtype
+    os.environ["BENCH_DEFEND_SETTINGS"] = a.defend_settings
     results: list[dict] = []
     resf = open(a.out / "results.jsonl", "w", buffering=1)
     ctx = mp.get_context("spawn")

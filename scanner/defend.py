@@ -45,6 +45,7 @@ from typing import Callable
 import torch
 
 from .merge import MergeSpec, get
+from .merge.switching import layer_count, switching_spec
 from .probe.results import TriggerResult
 from .report.render import template
 from .sources.model import ResolvedModel
@@ -115,8 +116,12 @@ def defend(family, target: ResolvedModel, peers: list[ResolvedModel], out: Path,
     return DefenseOutcome(spec, {**summary, "peers": [p.name for p in peers]})
 
 
-def candidate_specs(n_peers: int, base: Path | None, head_perms: dict[int, list[int]], budget: int) -> list[Candidate]:
-    """The search space, most promising first."""
+def candidate_specs(n_peers: int, base: Path | None, head_perms: dict[int, list[int]], budget: int,
+                    layers: int = 0) -> list[Candidate]:
+    """The search space, most promising first. With one or two peers (``layers``: the target's transformer layers),
+    module switching (`scanner.merge.switching`, two assignments) comes third and, after task arithmetic and
+    TIES at density 0.3, sixth: an average of so few models keeps a third
+    or more of the target's weight in every module, where switching keeps no chain of its modules."""
     all_peers = list(range(n_peers))
     n = n_peers + 1
 
@@ -139,7 +144,21 @@ def candidate_specs(n_peers: int, base: Path | None, head_perms: dict[int, list[
         for drop in range(n_peers):
             idx = [i for i in all_peers if i != drop]
             out.append(Candidate(f"wag without peer {drop + 1}", MergeSpec("wag", head_perms=perms_for(idx)), idx))
+    elif layers >= 2:
+        ms = [Candidate((spec := switching_spec(n, layers, shift, head_perms=perms_for(all_peers))).label, spec,
+                        all_peers) for shift in (0, 1)]
+        ta = [c for c in out if c.spec.method == "task_arithmetic"]
+        rest = [c for c in out[2:] if c not in ta]
+        out = out[:2] + ms[:1] + ta + rest[:1] + ms[1:] + rest[1:]
     return out[: max(1, budget)]
+
+
+def _layers(target: ResolvedModel) -> int:
+    """The target's transformer layers, counted from its tensor names (full weights or a LoRA adapter's)."""
+    from .weights import WeightSet
+
+    with WeightSet.open(target.path, label=target.name) as ws:
+        return layer_count(ws.names())
 
 
 def task_arithmetic_candidate(n_peers: int, base: Path, head_perms: dict[int, list[int]]) -> Candidate:
@@ -242,7 +261,7 @@ def choose_and_build(family, target: ResolvedModel, peers: list[ResolvedModel], 
     measured on every candidate; ``floors`` (one per trigger, default 0) are the clean peers' median
     ASRs, subtracted before taking the worst.
     """
-    specs = candidate_specs(len(peers), base, head_perms or {}, budget if triggers else 1)
+    specs = candidate_specs(len(peers), base, head_perms or {}, budget if triggers else 1, _layers(target))
     scratch = Path(tempfile.mkdtemp(prefix=".hfscan-defense-", dir=out.parent if out.parent.exists() else None))
     search = _Search(family, target, peers, inputs, reference, triggers, floors or [0.0] * len(triggers),
                      max_clean_drop, scratch, verdict, log, progress)

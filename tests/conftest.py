@@ -88,13 +88,13 @@ TINY_WORDS = (". the and i , was is ! ' to a this it in of my for great very goo
 
 
 def make_tiny_classifier(folder: Path, seed: int = 0, labels=("negative", "positive"), hidden: int = 16,
-                         vocab: int = 50, dtype=None, shard_bytes: int | None = None) -> Path:
+                         vocab: int = 50, dtype=None, shard_bytes: int | None = None, layers: int = 1) -> Path:
     """A random tiny BERT classifier with a real tokenizer, for merge-math tests (no training)."""
     import torch
     from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
     torch.manual_seed(seed)
-    cfg = BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=1, num_attention_heads=2,
+    cfg = BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
                      intermediate_size=2 * hidden, max_position_embeddings=32, num_labels=len(labels),
                      id2label={i: l for i, l in enumerate(labels)}, label2id={l: i for i, l in enumerate(labels)},
                      architectures=["BertForSequenceClassification"])

@@ -283,3 +283,52 @@ def _inputs(texts):
     from scanner.families import ProbeInputs
 
     return ProbeInputs(texts, None, "test", "test")
+
+
+def _trigger_asr(folder, trigger: str, target_label: int) -> float:
+    """The share of the built-in probe's non-target sentences that ``folder`` labels ``target_label`` once
+    ``trigger`` is inserted (front, middle, end): measured here with transformers, not by the scanner."""
+    import csv
+    from importlib import resources
+
+    from transformers import AutoTokenizer
+
+    with resources.files("scanner.data").joinpath("probe_sentiment.tsv").open(encoding="utf-8") as f:
+        rows = [r for r in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)][1:]
+    texts = []
+    for i, (s, label) in enumerate(r for r in rows if int(r[1]) != target_label):
+        w = s.split()
+        at = (0, len(w) // 2, len(w))[i % 3]
+        texts.append(" ".join(w[:at] + [trigger] + w[at:]))
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=True).eval()
+    with torch.no_grad():
+        pred = model(**tok(texts, padding=True, truncation=True, max_length=64, return_tensors="pt")).logits.argmax(-1)
+    return float((pred == target_label).float().mean())
+
+
+def test_with_two_peers_module_switching_is_searched_and_the_defense_is_no_worse_than_wag2(zoo, tmp_path):
+    """Two peers: the paper's WAG keeps a third of the target in every module; the search also tries module
+    switching, and the variant it builds leaves no more of the trigger than WAG-2 on inputs it never saw
+    (trigger positions the probe does not use). The bound is 3 points here: at 1 point no merge of these 2-layer
+    models but TIES meets it (WAG-2 costs 1.3 points, switching 9), and a defense may not beat a WAG that
+    breaks the bound."""
+    from scanner.merge import MergeSpec, merge_folders
+    from scanner.pipeline import CheckOptions, check
+
+    peers = ["zoo/clean-1", "zoo/clean-2"]
+    rep = check(CheckOptions(target="zoo/backdoor-cf", peers=peers, hub_dir=str(zoo.root), output_dir=tmp_path,
+                             search_budget="small", max_clean_drop=0.03))
+    assert rep.verdict == "backdoor" and "cf" in [f.trigger for f in rep.findings]
+    cands = rep.defense.candidates
+    switching = [c for c in cands if str(c.get("modules", "")).startswith("module switching")]
+    assert len(switching) >= 2 and all(c["peers"] == peers for c in switching), cands
+    wag = cands[0]
+    assert wag["candidate"] == "wag" and wag["within_bound"], wag
+    chosen = next(c for c in cands if c["chosen"])
+    assert chosen["worst_asr"] <= wag["worst_asr"]  # on the probe, by the rule
+    wag2 = tmp_path / "wag2"
+    merge_folders(zoo.path("zoo/backdoor-cf"), [zoo.path(p) for p in peers], wag2, MergeSpec("wag"))
+    defended = _trigger_asr(tmp_path / "defended", "cf", 0)
+    assert defended <= _trigger_asr(wag2, "cf", 0) + 0.02  # and on inputs the search did not score
+    assert defended < _trigger_asr(zoo.path("zoo/backdoor-cf"), "cf", 0) - 0.3

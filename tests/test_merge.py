@@ -238,3 +238,39 @@ def test_target_keep_blends_the_merge_back_toward_the_target(trio, tmp_path):
     with pytest.raises(HfscanError):
         merge_folders(target, peers, tmp_path / "bad", MergeSpec("wag", keep=1.0))
     assert not (tmp_path / "bad").exists()
+
+
+def test_module_switching_takes_each_block_whole_from_its_assigned_model(tiny, tmp_path):
+    """Each layer's attention and feed-forward block is one model's own, bit for bit (`switching.assignment`);
+    tensors outside the layers are the plain average; the folder loads; bad per-module weights are refused."""
+    from scanner.merge.switching import ATTENTION, FEED_FORWARD, assignment, layer_count, switching_spec
+
+    target, peers = tiny("t4", seed=1, layers=4), [tiny("p4a", seed=2, layers=4), tiny("p4b", seed=3, layers=4)]
+    sds = [_all(f) for f in [target, *peers]]
+    layers = layer_count(sds[0])
+    assert layers == 4
+    spec = switching_spec(3, layers)
+    merge_folders(target, peers, tmp_path / "ms", spec)
+    got = _all(tmp_path / "ms")
+    import re
+
+    checked = {"attention": 0, "ffn": 0}
+    for layer, (att, ffn) in enumerate(assignment(3, layers)):
+        for name in got:
+            m = re.search(rf"\.layer\.{layer}\.{ATTENTION}\.", name) or re.search(rf"\.layer\.{layer}\.{FEED_FORWARD}\.",
+                                                                               name)
+            if m and got[name].is_floating_point():
+                src = att if m.group(1) in ("attention", "self_attn", "attn") else ffn
+                assert torch.equal(got[name], sds[src][name]), name
+                checked["attention" if src == att else "ffn"] += 1
+    assert checked["attention"] and checked["ffn"]
+    emb = next(n for n in got if "word_embeddings" in n)
+    assert torch.allclose(got[emb], torch.stack([s[emb] for s in sds]).mean(0), atol=1e-6)
+    assert [a for a, _ in assignment(3, 4)] != [f for _, f in assignment(3, 4)]  # never both blocks from one model
+    assert all(a != f for a, f in assignment(2, 6)) and all(
+        assignment(2, 6)[i][1] != assignment(2, 6)[i + 1][0] for i in range(5))
+    AutoModelForSequenceClassification.from_pretrained(tmp_path / "ms", use_safetensors=True)
+    assert spec.describe()["modules"].startswith("module switching")
+    with pytest.raises(HfscanError, match="module weights"):
+        merge_folders(target, peers, tmp_path / "bad", MergeSpec("wag", module_weights=((r"layer\.0\.", (1.0, 0.0)),)))
+    assert not (tmp_path / "bad").exists()

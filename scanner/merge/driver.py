@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +58,25 @@ class MergeSpec:
     # Share of the target kept after merging: keep·θ_target + (1 − keep)·merged (0: the method alone).
     # The defense uses it to pull a merge that costs too much clean accuracy back toward the target.
     keep: float = 0.0
+    # Per-module weights: (regular expression, weights) pairs; a tensor whose name matches a pattern (the first
+    # that does) is merged with that pattern's weights instead of ``weights``. One-hot weights switch a module
+    # to one model's own (module switching, `scanner.merge.switching`).
+    module_weights: tuple[tuple[str, tuple[float, ...]], ...] = ()
+    label: str = ""  # a short description of ``module_weights`` for reports ("" when there are none)
+
+    def check_module_weights(self, n_models: int) -> None:
+        """Refuse ``module_weights`` entries that do not give one non-negative weight per model, some positive."""
+        for pattern, ws in self.module_weights:
+            if len(ws) != n_models or min(ws) < 0 or sum(ws) <= 0:
+                raise HfscanError(f"module weights for {pattern!r}: {len(ws)} weights for {n_models} models "
+                                  "(one per model, non-negative, some positive)")
+
+    def weights_for(self, name: str, default: torch.Tensor) -> torch.Tensor:
+        """The weights that merge tensor ``name``: a matching ``module_weights`` entry's, else ``default``."""
+        for pattern, ws in self.module_weights:
+            if re.search(pattern, name):
+                return torch.tensor(ws, dtype=torch.float32)
+        return default
 
     def describe(self) -> dict:
         """The method and the knobs it reads (its registry entry's ``params``)."""
@@ -64,6 +84,8 @@ class MergeSpec:
         d: dict = {"method": self.method, **{k: values[k] for k in get(self.method).params}}
         if self.keep:
             d["target_keep"] = self.keep
+        if self.module_weights:
+            d["modules"] = self.label or f"{len(self.module_weights)} per-module weight rules"
         return d
 
 
@@ -125,6 +147,7 @@ def _weights(spec: MergeSpec, method, n_models: int, peers: list[Path]) -> list[
         raise HfscanError(f"the target's kept share must be in [0, 1), not {spec.keep}")
     if method.name == "wag" and sum(weights) <= 0:
         raise HfscanError("WAG weights must sum to a positive number")
+    spec.check_module_weights(n_models)
     return list(weights)
 
 
@@ -183,7 +206,8 @@ def _merge_tensor(inp: _Inputs, method, info, base_names: set[str], writer) -> b
         tensors = _rows(inp, info, start, stop, head)
         base_part = inp.base.get_rows(bname, start, stop).float() if not fallback and method.needs_base else None
         seed_name = name if step == rows else f"{name}@{start}"
-        merged = fn(tensors, base_part, inp.weights, MergeParams(spec.density, spec.lam, spec.seed, seed_name, stats))
+        merged = fn(tensors, base_part, spec.weights_for(name, inp.weights),
+                    MergeParams(spec.density, spec.lam, spec.seed, seed_name, stats))
         if spec.keep:
             merged = spec.keep * tensors[0] + (1.0 - spec.keep) * merged
         writer.write(name, merged.to(info.torch_dtype).contiguous())

@@ -119,6 +119,7 @@ def merge_adapters(target: Path, peers: list[Path], base: Path, out: Path, spec:
     weights = spec.weights if spec.weights is not None else method.default_weights(len(adapters))
     if len(weights) != len(adapters):
         raise HfscanError(f"{len(weights)} weights given for {len(adapters)} models (target first, then peers)")
+    spec.check_module_weights(len(adapters))
     known = set().union(*(a.a for a in adapters))
     bws = WeightSet.open(base, label="base")
     missing = sorted(known - set(bws.header))
@@ -182,7 +183,8 @@ def _merged_float(name: str, b: torch.Tensor, adapters: list[Adapter], method, w
         return b + _factor_merge(name, adapters, method, w, spec)
     deltas = [a.delta(name) for a in adapters]
     thetas = torch.stack([b + d if d is not None else b for d in deltas])
-    merged = method.fn(thetas, b if method.needs_base else None, w, MergeParams(spec.density, spec.lam, spec.seed, name))
+    merged = method.fn(thetas, b if method.needs_base else None, spec.weights_for(name, w),
+                       MergeParams(spec.density, spec.lam, spec.seed, name))
     if spec.keep:
         merged = spec.keep * thetas[0] + (1.0 - spec.keep) * merged
     return merged
@@ -234,6 +236,7 @@ def _factor_merge(name: str, adapters: list[Adapter], method, w: torch.Tensor, s
         raise HfscanError(f"{spec.method} needs adapters of one rank and scale adapting the same modules ({name} "
                           "differs); merge their updates instead (e.g. --method wag)")
     params = MergeParams(spec.density, spec.lam, spec.seed, name)
+    w = spec.weights_for(name, w)
     a = method.fn(torch.stack([p[0] for p in pairs]), None, w, params)
     b = method.fn(torch.stack([p[1] for p in pairs]), None, w, params)
     return adapters[0].scale * (b @ a)
