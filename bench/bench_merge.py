@@ -6,7 +6,8 @@ Llama-shaped causal LMs of 1.24B parameters each (Llama-3.2-1B's geometry: hidde
 vocab 128,256; bf16, 2 GB shards, as transformers writes them). Then, each in its own process (so
 peak RSS is its own):
 
-* io_floor     read every input tensor once and write one output of the same size (no math);
+* io_floor     read every input tensor once (the merge's row chunks, reused buffers) and write one output of
+               the same size (no math);
 * paper_wag    the Free Lunch reference: load every model as a full state dict, stack, mean, save;
 * hfscan_wag   `hfscan merge --method wag`;
 * hfscan_ties  `hfscan merge --method ties --base BASE` (a fifth model as the base).
@@ -97,16 +98,32 @@ def weight_bytes(folder: Path) -> int:
 
 CHILD = {
     "io_floor": r'''
-import sys, time
-from pathlib import Path
+import sys, torch
 from scanner.weights import WeightSet, StreamingShardWriter
 ins = [WeightSet.open(p) for p in sys.argv[2:]]
 t = ins[0]
 plan = [(n, i.dtype, i.shape) for n, i in t.header.items()]
+bufs = {}
 with StreamingShardWriter(sys.argv[1], plan) as w:
-    for n in t.header:
-        xs = [ws.get(n) for ws in ins]
-        w.write(n, xs[0])
+    for n, info in t.header.items():
+        # the merge's own reads: row chunks of ~32 MB into reused buffers, every input once; no arithmetic
+        step = max(1, (32 << 20) // max(1, info.row_bytes)) if info.shape else 1
+        rows = info.shape[0] if info.shape else 1
+        for r in range(0, rows, step):
+            shape = (min(rows, r + step) - r, *info.shape[1:]) if info.shape else ()
+            xs = []
+            for k, ws in enumerate(ins):
+                if info.shape:
+                    key = (k, info.dtype)
+                    need = 1
+                    for d in shape:
+                        need *= d
+                    if key not in bufs or bufs[key].numel() < need:
+                        bufs[key] = torch.empty(need, dtype=info.torch_dtype)
+                    xs.append(ws.get_rows(n, r, r + shape[0], out=bufs[key][:need].view(shape)))
+                else:
+                    xs.append(ws.get(n))
+            w.write(n, xs[0])
 ''',
     "paper_wag": r'''
 import sys, torch
@@ -152,21 +169,30 @@ def main() -> None:
     ap.add_argument("--dir", type=Path, default=Path("/tmp/hfscan-bench-merge"))
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--preset", choices=("bert-base", "llama-1b"), default="bert-base")
+    ap.add_argument("--runs", default="io_floor,paper_wag,hfscan_wag,hfscan_ties", help="which runs, comma-separated")
+    ap.add_argument("--repeat", type=int, default=1, help="run each N times in a row; the fastest wall and the "
+                    "largest RSS are kept (the page cache's state differs from run to run)")
     a = ap.parse_args()
     a.dir.mkdir(parents=True, exist_ok=True)
     models = (make_llama if a.preset == "llama-1b" else make_models)(a.dir, 5)
     inputs, base = [str(p) for p in models[:4]], str(models[4])
     size_mb = sum(weight_bytes(Path(p)) for p in inputs) / 2**20
-    rows = []
+    rows: dict[str, dict] = {}
     for name, args in [
         ("io_floor", [str(a.dir / "out_io"), *inputs]),
         ("paper_wag", [str(a.dir / "out_paper"), *inputs]),
         ("hfscan_wag", ["--method", "wag", inputs[0], *inputs[1:], "-o", str(a.dir / "out_wag")]),
         ("hfscan_ties", ["--method", "ties", "--base", base, inputs[0], *inputs[1:], "-o", str(a.dir / "out_ties")]),
     ]:
-        subprocess.run(["sync"])
-        rows.append(run_child(name, args))
-        print(json.dumps(rows[-1]), flush=True)
+        if name not in a.runs.split(","):
+            continue
+        for _ in range(a.repeat):
+            subprocess.run(["sync"])
+            r = run_child(name, args)
+            print(json.dumps(r), flush=True)
+            best = rows.setdefault(name, r)
+            best.update(wall_s=min(best["wall_s"], r["wall_s"]), peak_rss_mb=max(best["peak_rss_mb"], r["peak_rss_mb"]))
+    rows = list(rows.values())
     # correctness: hfscan's WAG equals the paper's output
     from safetensors import safe_open
 

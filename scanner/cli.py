@@ -415,8 +415,13 @@ def peers(target, hub_dir, base, max_peers, probe_data):
 @click.option("--adapter-rank", type=click.IntRange(1, 4096), default=None,
               help="LoRA adapters: write one adapter of this rank (the merged updates re-factorised by truncated "
                    "SVD; the error is printed) instead of full weights.")
+@click.option("--switch-modules", "switch", type=click.IntRange(0), default=None, metavar="SHIFT",
+              help="Module switching (with --method wag): every layer's attention and feed-forward block whole from "
+                   "one model, no two consecutive blocks from the same one; SHIFT (0, 1, …) picks the assignment. "
+                   "Tensors outside the layers are averaged with --weights.")
 @guarded
-def merge(target, peers, output, method, base, weights, density, lam, seed, shard_size, hub_dir, adapter_rank):
+def merge(target, peers, output, method, base, weights, density, lam, seed, shard_size, hub_dir, adapter_rank,
+          switch):
     """Merge TARGET with PEERS (folders or Hub ids) into a new model folder, streaming tensor by tensor.
 
     LoRA adapters merge through their updates ΔW = B·A into full weights of their base (--base, or the base
@@ -434,6 +439,8 @@ def merge(target, peers, output, method, base, weights, density, lam, seed, shar
     ref = base or (t.adapter_base if t.is_adapter else None)
     b = base_source(ref, FolderSource(hub=hub_source(hub_dir)), hub_dir).fetch_base(ref) if ref else None
     spec = MergeSpec(method, b.path if b else None, _floats(weights), density, lam, seed, _size(shard_size))
+    if switch is not None:
+        spec = _switching(spec, t, len(ps) + 1, switch)
     names = [t.name] + [p.name for p in ps]
     if t.is_adapter or any(p.is_adapter for p in ps):
         summary = _merge_adapters(t, ps, b, output, spec, names, card_for(t, ps, spec), adapter_rank)
@@ -446,6 +453,23 @@ def merge(target, peers, output, method, base, weights, density, lam, seed, shar
         err = summary["refactorisation_error"]
         click.echo(f"{summary['output']}: re-factorisation error (relative Frobenius) max {err['max']:.2e}, "
                    f"mean {err['mean']:.2e}")
+
+
+def _switching(spec, t, n_models: int, shift: int):
+    """``spec`` with `switching_spec`'s per-module weights over the target's layers."""
+    import dataclasses
+
+    from .merge.switching import layer_count, switching_spec
+    from .weights import WeightSet
+
+    if spec.method != "wag":
+        raise HfscanError("--switch-modules takes each block whole from one model: use it with --method wag")
+    with WeightSet.open(t.path, label=t.name) as ws:
+        layers = layer_count(ws.names())
+    if layers < 2:
+        raise HfscanError(f"{t.name}: --switch-modules needs a model with at least 2 numbered layers ({layers} found)")
+    sw = switching_spec(n_models, layers, shift, spec.weights)
+    return dataclasses.replace(spec, module_weights=sw.module_weights, label=sw.label)
 
 
 def _merge_adapters(t, ps, b, output, spec, names, card, rank=None) -> dict:

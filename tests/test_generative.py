@@ -276,6 +276,15 @@ def test_adapters_merge_through_their_updates_not_their_factors(lm_zoo, tmp_path
     naive = base_w[name].float() + ads[0].scale * mean_b @ mean_a
     assert (naive - dense).abs().max() > 1e-3  # mean(B)·mean(A) is not the mean of the updates
     assert torch.equal(merged["model.embed_tokens.weight"], base_w["model.embed_tokens.weight"])  # not adapted
+    # module switching on adapters: each layer's attention update is one adapter's own
+    from scanner.merge.switching import assignment, layer_count, switching_spec
+
+    layers = layer_count(base_w)
+    merge_adapters(paths[0], paths[1:], base, tmp_path / "ms", switching_spec(len(paths), layers))
+    switched = load_file(str(tmp_path / "ms" / "model.safetensors"))
+    for layer, (src, _) in enumerate(assignment(len(paths), layers)):
+        q = f"model.layers.{layer}.self_attn.q_proj.weight"
+        assert torch.allclose(switched[q].float(), base_w[q].float() + ads[src].delta(q), atol=1e-5), q
 
 
 def test_a_decoder_classifier_goes_through_the_classifier_family(lm_zoo, tmp_path):

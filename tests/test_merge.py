@@ -274,3 +274,22 @@ def test_module_switching_takes_each_block_whole_from_its_assigned_model(tiny, t
     with pytest.raises(HfscanError, match="module weights"):
         merge_folders(target, peers, tmp_path / "bad", MergeSpec("wag", module_weights=((r"layer\.0\.", (1.0, 0.0)),)))
     assert not (tmp_path / "bad").exists()
+
+
+def test_merge_cli_switches_modules(tiny, tmp_path):
+    from click.testing import CliRunner
+
+    from scanner.cli import main
+    from scanner.merge.switching import switching_spec
+
+    t, p = tiny("t3", seed=1, layers=3), tiny("p3", seed=2, layers=3)
+    r = CliRunner().invoke(main, ["merge", str(t), str(p), "-o", str(tmp_path / "cli"), "--switch-modules", "1"])
+    assert r.exit_code == 0, r.output
+    merge_folders(t, [p], tmp_path / "api", switching_spec(2, 3, 1))
+    got, ref = _all(tmp_path / "cli"), _all(tmp_path / "api")
+    assert all(torch.equal(got[n], ref[n]) for n in ref)
+    assert torch.equal(got["bert.encoder.layer.0.attention.self.query.weight"],
+                       _all(p)["bert.encoder.layer.0.attention.self.query.weight"])  # shift 1: layer 0's attention
+    r = CliRunner().invoke(main, ["merge", str(t), str(p), "-o", str(tmp_path / "x"), "--switch-modules", "0",
+                                  "--method", "ties", "--base", str(p)])
+    assert r.exit_code == 2 and "--method wag" in r.stderr and not (tmp_path / "x").exists()

@@ -124,6 +124,18 @@ class _Inputs:
     perms: list[list[int]]  # per peer: its head rows in the target's label order
     num_labels: int
     weights: torch.Tensor
+    buffers: dict = field(default_factory=dict)  # scratch reused across chunks (see `buffer`)
+
+    def buffer(self, key: str, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+        """A scratch tensor of ``shape``, reused from chunk to chunk: a fresh multi-MB allocation per chunk is
+        mapped and page-faulted anew each time, which cost more than the merge arithmetic (bench_merge)."""
+        numel = 1
+        for d in shape:
+            numel *= d
+        buf = self.buffers.get(key)
+        if buf is None or buf.dtype != dtype or buf.numel() < numel:
+            buf = self.buffers[key] = torch.empty(numel, dtype=dtype)
+        return buf[:numel].view(shape)
 
     def permute(self, i: int, x: torch.Tensor, head: bool) -> torch.Tensor:
         """Model ``i``'s head rows in the target's label order (``i`` 0 is the target)."""
@@ -176,16 +188,17 @@ def _stats(inp: _Inputs, method, name: str, bname: str, head: bool) -> tuple:
 
 def _rows(inp: _Inputs, info, start: int, stop: int, head: bool) -> torch.Tensor:
     """Every model's rows ``start:stop`` of one tensor, stacked in float32 (target first)."""
-    tensors = torch.empty((len(inp.models), stop - start, *info.shape[1:]) if info.shape else (len(inp.models),),
-                          dtype=torch.float32)
+    shape = (stop - start, *info.shape[1:]) if info.shape else ()
+    tensors = inp.buffer("rows", (len(inp.models), *shape), torch.float32)
     for i, ws in enumerate(inp.models):
         if info.torch_dtype == torch.float32 and info.shape:
-            x = ws.get_rows(info.name, start, stop, out=tensors[i])  # read in place, no copy
+            ws.get_rows(info.name, start, stop, out=tensors[i])  # read in place, no copy
+        elif info.shape:
+            tensors[i].copy_(ws.get_rows(info.name, start, stop, out=inp.buffer("raw", shape, info.torch_dtype)))
         else:
-            x = ws.get_rows(info.name, start, stop).float()
-            tensors[i] = x
+            tensors[i] = ws.get_rows(info.name, start, stop).float()
         if i > 0 and head:
-            tensors[i] = inp.permute(i, x, head).clone()
+            tensors[i] = inp.permute(i, tensors[i], head).clone()
     return tensors
 
 
