@@ -370,14 +370,14 @@ def _clean(task: str) -> tuple[list[str], list[int]]:
     return [s for s, _ in rows], [y for _, y in rows]
 
 
-def _check(target: Path, peers: list[Path], base: Path, out: Path, defend: bool):
+def _check(target: Path, peers: list[Path], base: Path, out: Path, defend: bool, keep: Path | None = None):
     from scanner.pipeline import CheckOptions, check
 
     smoke = os.environ.get("BENCH_SMOKE") == "1"  # a quick end-to-end test of this script, not a result
     budget = "small" if smoke else os.environ.get("BENCH_SEARCH_BUDGET", "default")
     return check(CheckOptions(target=str(target), peers=[str(p) for p in peers], base=str(base), output_dir=out,
                               defend=defend, discover=False, max_probe=40 if smoke else 300,
-                              search_budget=budget, defense_budget=2 if smoke else 8))
+                              search_budget=budget, defense_budget=2 if smoke else 8, keep_candidates=keep))
 
 
 def recovered(m: Model, trig: str | None, top: list[dict], min_margin: float = 0.3) -> dict:
@@ -492,18 +492,24 @@ def defend_job(name: str, base: Path) -> dict:
             runs = {"hfscan2": peers[:2]}
         for key, ps in runs.items():
             t0 = time.time()
-            rep = _check(victim, ps, base, tmp / key, defend=True)
+            kept = tmp / (key + "-candidates")
+            kept.mkdir()
+            rep = _check(victim, ps, base, tmp / key, defend=True, keep=kept)
+            res[key + "_seconds"] = round(time.time() - t0, 1)
             res[key] = measure(Path(rep.defense.output_dir))
+            # every candidate the search scored, measured on the test sets too: does the probe rank them as they rank?
+            res[key + "_candidates_test"] = [measure(kept / f"c{i}") for i in range(len(rep.defense.candidates or []))]
+            shutil.rmtree(kept)
             if key.endswith("_bdpeers"):
                 res[key + "_peer_triggers"] = peer_triggers(Path(rep.defense.output_dir))
             res[key + "_choice"] = next((c["candidate"] for c in rep.defense.candidates or [] if c.get("chosen")),
                                         rep.defense.method)
             res[key + "_verdict"] = rep.verdict
             res[key + "_findings"] = [f.trigger for f in rep.findings][:3]
-            res[key + "_candidates"] = [{k: c[k] for k in ("candidate", "worst_asr", "clean_drop", "within_bound", "chosen")}
+            res[key + "_candidates"] = [{k: c.get(k) for k in ("candidate", "worst_asr", "worst_n", "clean_drop",
+                                                               "within_bound", "chosen")}
                                         for c in rep.defense.candidates or []]
             res[key + "_excluded"] = [e["id"] for e in rep.defense.excluded_peers]
-            res[key + "_seconds"] = round(time.time() - t0, 1)
             shutil.rmtree(tmp / key)
     return res
 

@@ -76,6 +76,7 @@ class Candidate:
     clean: float = 0.0  # agreement with the reference (accuracy for classifiers)
     cost: dict = field(default_factory=dict)  # the family's clean cost; ``drop`` is what the bound reads
     within_bound: bool = False
+    worst_n: int = 0  # triggered inputs behind ``worst_asr``
 
     @property
     def clean_drop(self) -> float:
@@ -87,7 +88,7 @@ class Candidate:
         return {"candidate": self.label, "method": self.spec.method,
                 **{k: v for k, v in self.spec.describe().items() if k != "method"},
                 "peers": self.names, "weights": self.summary["weights"], "worst_asr": self.worst_asr,
-                "clean": round(self.clean, 4), "clean_drop": self.clean_drop, **detail,
+                "worst_n": self.worst_n, "clean": round(self.clean, 4), "clean_drop": self.clean_drop, **detail,
                 "within_bound": self.within_bound, "chosen": chosen}
 
 
@@ -225,6 +226,7 @@ class _Search:
     log: Callable[[str], None]
     progress: Callable[[int, int], None]
     total: int = 0
+    keep_candidates: Path | None = None  # a copy of every candidate's folder goes here (benchmarks)
     target_pred: torch.Tensor | None = None
     tried: list[Candidate] = field(default_factory=list)
 
@@ -238,11 +240,14 @@ class _Search:
         pred = self.family.clean_outputs(runner, self.inputs)
         c.clean = self.family.agreement(pred, self.reference)
         c.cost = self.family.clean_cost(pred, self.target_pred, self.reference)
-        asrs = [max(0.0, self.family.remeasure(runner, self.inputs, t, pred).asr - fl)
-                for t, fl in zip(self.triggers, self.floors)]
+        measured = [self.family.remeasure(runner, self.inputs, t, pred) for t in self.triggers]
+        asrs = [max(0.0, m.asr - fl) for m, fl in zip(measured, self.floors)]
         c.worst_asr = round(max(asrs), 4) if asrs else None
+        c.worst_n = measured[asrs.index(max(asrs))].n if asrs else 0
         c.within_bound = c.clean_drop <= self.max_clean_drop + 1e-9
         self.tried.append(c)
+        if self.keep_candidates is not None:
+            shutil.copytree(c.folder, self.keep_candidates / f"c{len(self.tried) - 1}", dirs_exist_ok=True)
         self.progress(len(self.tried), self.total)
         self.log(f"defense candidate {c.label}: worst ASR {c.worst_asr}, clean {c.clean:.3f} "
                  f"({'within' if c.within_bound else 'outside'} the bound)")
@@ -254,7 +259,8 @@ def choose_and_build(family, target: ResolvedModel, peers: list[ResolvedModel], 
                      floors: list[float] | None = None, head_perms: dict[int, list[int]] | None = None,
                      max_clean_drop: float = 0.01, budget: int = 8, verdict: str | None = None,
                      log: Callable[[str], None] = lambda s: None,
-                     progress: Callable[[int, int], None] = lambda done, total: None) -> DefenseOutcome:
+                     progress: Callable[[int, int], None] = lambda done, total: None,
+                     keep_candidates: Path | None = None) -> DefenseOutcome:
     """Search the candidates, move the winner to ``out``, return it with every candidate's numbers.
 
     ``reference`` is the clean truth for the bound (`ModelFamily.clean_reference`). ``triggers`` are
@@ -264,7 +270,7 @@ def choose_and_build(family, target: ResolvedModel, peers: list[ResolvedModel], 
     specs = candidate_specs(len(peers), base, head_perms or {}, budget if triggers else 1, _layers(target))
     scratch = Path(tempfile.mkdtemp(prefix=".hfscan-defense-", dir=out.parent if out.parent.exists() else None))
     search = _Search(family, target, peers, inputs, reference, triggers, floors or [0.0] * len(triggers),
-                     max_clean_drop, scratch, verdict, log, progress)
+                     max_clean_drop, scratch, verdict, log, progress, keep_candidates=keep_candidates)
     search.target_pred = family.clean_outputs(family.load(target), inputs)
     try:
         if not triggers:

@@ -42,6 +42,8 @@ class CheckOptions:
     defense_budget: int = 8  # defense search: candidates tried at most
     discover: bool = True  # find peers on the hub when none are given
     max_peers: int = 3
+    # benchmarks: copy every defense candidate's merged folder here (c0, c1, … in the order of defense.candidates)
+    keep_candidates: Path | None = None
 
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)

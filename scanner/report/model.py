@@ -13,7 +13,7 @@ Schema 1 (``report.json``)::
     clean           {accuracy_before, accuracy_after, agreement_after, n, labelled}
     defense         {method, params, peers, weights, output_dir, asr_max_before, asr_max_after,
                      library_asr_max_after, note, excluded_peers, peer_triggers_after, library_worst_trigger,
-                     candidates: [{candidate, method, peers, weights, worst_asr, clean, clean_drop,
+                     candidates: [{candidate, method, peers, weights, worst_asr, worst_n, clean, clean_drop,
                      accuracy_drop, class_drops, within_bound, chosen, ...}], output,
                      refactorisation_error, why_full}
     peers           [{id, sha, label_permutation, best_asr, best_trigger, agreement, own_trigger}]
