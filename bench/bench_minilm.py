@@ -557,6 +557,57 @@ def auroc(pos: list[float], neg: list[float]) -> float:
     return wins / (len(pos) * len(neg)) if pos and neg else float("nan")
 
 
+def _kendall(xs: list[float], ys: list[float]) -> float | None:
+    """Kendall's tau-a of two score lists (pairs tied in either count as neither)."""
+    pairs = [(i, j) for i in range(len(xs)) for j in range(i + 1, len(xs))]
+    if not pairs:
+        return None
+    sign = lambda v: (v > 0) - (v < 0)  # noqa: E731
+    return sum(sign(xs[i] - xs[j]) * sign(ys[i] - ys[j]) for i, j in pairs) / len(pairs)
+
+
+def _ucb(c: dict, z: float = 1.645) -> float:
+    """The candidate's worst excess ASR plus z binomial standard errors (n: its triggered inputs)."""
+    p, n = c["worst_asr"], max(1, c.get("worst_n") or 1)
+    q = min(max(p, 1.0 / n), 1.0 - 1.0 / n)
+    return p + z * (q * (1 - q) / n) ** 0.5
+
+
+def selection_summary(dfn: list[dict]) -> list[str]:
+    """How the probe's ranking of the defense candidates compares with the test set's (every candidate is also
+    measured there), and what other selection rules would have chosen, read off the same runs."""
+    runs = [(r, k) for r in dfn for k in ("hfscan2", "hfscan3", "hfscan3_bdpeers")
+            if r.get(k + "_candidates_test") and any(c["worst_asr"] is not None for c in r[k + "_candidates"])]
+    if not runs:
+        return []
+    taus, top1, rules = [], 0, {"lowest probe ASR (hfscan)": [], "lowest UCB": [], "test's best (oracle)": []}
+    for r, k in runs:
+        cands = [(c, t) for c, t in zip(r[k + "_candidates"], r[k + "_candidates_test"])
+                 if c["within_bound"] and c["worst_asr"] is not None]
+        if not cands:
+            continue
+        tau = _kendall([c["worst_asr"] for c, _ in cands], [t[0] for _, t in cands])
+        if tau is not None:
+            taus.append(tau)
+        best_test = min(t[0] for _, t in cands)
+        chosen = min(cands, key=lambda ct: (ct[0]["worst_asr"], ct[0]["clean_drop"]))
+        top1 += chosen[1][0] == best_test
+        b, f = r["none"][0], r["floor"]
+        share = (lambda a: min(1.0, (b - a) / (b - f))) if b - f > 0.05 else (lambda a: None)  # noqa: E731
+        rules["lowest probe ASR (hfscan)"].append(share(chosen[1][0]))
+        rules["lowest UCB"].append(share(min(cands, key=lambda ct: (_ucb(ct[0]), ct[0]["clean_drop"]))[1][0]))
+        rules["test's best (oracle)"].append(share(best_test))
+    out = ["", f"Defense candidates, probe vs test sets ({len(runs)} searches, the candidates within the bound):", "",
+           f"- Kendall's tau between probe and test ASR: mean {sum(taus) / max(1, len(taus)):+.2f} over {len(taus)}",
+           f"- the probe's choice is the test set's best candidate in {top1} of {len(runs)}"]
+    for name, vals in rules.items():
+        vals = [v for v in vals if v is not None]
+        if vals:
+            out.append(f"- removable ASR removed (capped) choosing by {name}: {100 * sum(vals) / len(vals):.1f}% "
+                       f"(n={len(vals)})")
+    return out
+
+
 def summarize(results: list[dict]) -> str:
     det = [r for r in results if r.get("job") == "detect" and "error" not in r]
     dfn = [r for r in results if r.get("job") == "defend" and "error" not in r]
@@ -644,6 +695,7 @@ def summarize(results: list[dict]) -> str:
                 after = {k: sum(r[k + "_peer_triggers"][p] for r in bd) / len(bd) for k in ("wag3_bdpeers", "hfscan3_bdpeers")}
                 out.append(f"- {p}: {100 * own:.1f}% → WAG-3 {100 * after['wag3_bdpeers']:.1f}%, "
                            f"hfscan-3 {100 * after['hfscan3_bdpeers']:.1f}%")
+        out += selection_summary(dfn)
         out += ["", PAPER]
     errors = [r for r in results if "error" in r]
     if errors:

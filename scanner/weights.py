@@ -26,6 +26,7 @@ import json
 import os
 import stat
 import struct
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -193,6 +194,7 @@ class WeightSet:
         self.header = header
         self.files = files
         self._handles: dict[str, int] = {}
+        self._lock = threading.Lock()  # reads may come from two threads (the merge driver reads ahead)
 
     @classmethod
     def open(cls, folder: str | os.PathLike, label: str | None = None) -> "WeightSet":
@@ -232,9 +234,10 @@ class WeightSet:
         return list(self.header)
 
     def _fd(self, fname: str) -> int:
-        if fname not in self._handles:
-            self._handles[fname] = os.open(self.folder / fname, os.O_RDONLY)
-        return self._handles[fname]
+        with self._lock:
+            if fname not in self._handles:
+                self._handles[fname] = os.open(self.folder / fname, os.O_RDONLY)
+            return self._handles[fname]
 
     def _read(self, info: TensorInfo, offset: int, nbytes: int, into: memoryview | None = None):
         buf = bytearray(nbytes) if into is None else into

@@ -186,10 +186,10 @@ def _stats(inp: _Inputs, method, name: str, bname: str, head: bool) -> tuple:
     return out
 
 
-def _rows(inp: _Inputs, info, start: int, stop: int, head: bool) -> torch.Tensor:
-    """Every model's rows ``start:stop`` of one tensor, stacked in float32 (target first)."""
+def _rows(inp: _Inputs, info, start: int, stop: int, head: bool, slot: int) -> torch.Tensor:
+    """Every model's rows ``start:stop`` of one tensor, stacked in float32 (target first), in scratch ``slot``."""
     shape = (stop - start, *info.shape[1:]) if info.shape else ()
-    tensors = inp.buffer("rows", (len(inp.models), *shape), torch.float32)
+    tensors = inp.buffer(f"rows{slot}", (len(inp.models), *shape), torch.float32)
     for i, ws in enumerate(inp.models):
         if info.torch_dtype == torch.float32 and info.shape:
             ws.get_rows(info.name, start, stop, out=tensors[i])  # read in place, no copy
@@ -202,29 +202,90 @@ def _rows(inp: _Inputs, info, start: int, stop: int, head: bool) -> torch.Tensor
     return tensors
 
 
-def _merge_tensor(inp: _Inputs, method, info, base_names: set[str], writer) -> bool:
-    """Merge one float tensor into ``writer``; returns whether it fell back to WAG (not in the base)."""
-    spec, name = inp.spec, info.name
-    head = is_head_tensor(name, info.shape, inp.num_labels)
-    bname = base_tensor_name(name, base_names) if method.needs_base else None
-    fallback = method.needs_base and (bname is None or inp.base.header[bname].shape != info.shape)
-    fn = get("wag").fn if fallback else method.fn
-    stats = _stats(inp, method, name, bname, head) if not fallback and method.stats is not None else ()
-    rows = info.shape[0] if info.shape else 1
-    step = rows
-    if (method.elementwise or stats) and not head and info.nbytes > spec.chunk_bytes:
-        step = max(1, spec.chunk_bytes // max(1, info.row_bytes))
-    for start in range(0, rows, step):
-        stop = min(rows, start + step)
-        tensors = _rows(inp, info, start, stop, head)
-        base_part = inp.base.get_rows(bname, start, stop).float() if not fallback and method.needs_base else None
-        seed_name = name if step == rows else f"{name}@{start}"
-        merged = fn(tensors, base_part, spec.weights_for(name, inp.weights),
-                    MergeParams(spec.density, spec.lam, spec.seed, seed_name, stats))
-        if spec.keep:
-            merged = spec.keep * tensors[0] + (1.0 - spec.keep) * merged
-        writer.write(name, merged.to(info.torch_dtype).contiguous())
-        del tensors, merged, base_part
+@dataclass
+class _Step:
+    """One chunk of one tensor: what to read, and how it is merged."""
+
+    info: object  # TensorInfo
+    start: int = 0
+    stop: int = 0
+    head: bool = False
+    bname: str | None = None  # the base's tensor to read beside it (None: no base read)
+    fallback: bool = False  # merged with WAG (a base-model method whose base lacks the tensor)
+    whole: bool = True  # the chunk is the whole tensor
+    first: bool = True  # the tensor's first chunk
+
+
+def _steps(inp: _Inputs, method, base_names: set[str]):
+    """Every tensor of the target in header order, float tensors cut into row chunks where the method allows."""
+    spec = inp.spec
+    for name, info in inp.models[0].header.items():
+        if not info.is_float:
+            yield _Step(info)
+            continue
+        head = is_head_tensor(name, info.shape, inp.num_labels)
+        bname = base_tensor_name(name, base_names) if method.needs_base else None
+        fallback = method.needs_base and (bname is None or inp.base.header[bname].shape != info.shape)
+        rows = info.shape[0] if info.shape else 1
+        step = rows
+        if (method.elementwise or (method.stats and not fallback)) and not head and info.nbytes > spec.chunk_bytes:
+            step = max(1, spec.chunk_bytes // max(1, info.row_bytes))
+        for start in range(0, rows, step):
+            yield _Step(info, start, min(rows, start + step), head, None if fallback else bname, fallback,
+                        step == rows, start == 0)
+
+
+def _read_step(inp: _Inputs, st: _Step, slot: int):
+    """The inputs of one step (run one step ahead, in the reader thread): the models' rows and the base's."""
+    if not st.info.is_float:
+        return inp.models[0].get(st.info.name), None
+    base_part = inp.base.get_rows(st.bname, st.start, st.stop).float() if st.bname is not None else None
+    return _rows(inp, st.info, st.start, st.stop, st.head, slot), base_part
+
+
+def _merge_step(inp: _Inputs, method, st: _Step, data, stats: tuple) -> torch.Tensor:
+    """One chunk merged, in the output dtype."""
+    tensors, base_part = data
+    if not st.info.is_float:
+        return tensors
+    spec, name = inp.spec, st.info.name
+    fn = get("wag").fn if st.fallback else method.fn
+    seed_name = name if st.whole else f"{name}@{st.start}"
+    merged = fn(tensors, base_part, spec.weights_for(name, inp.weights),
+                MergeParams(spec.density, spec.lam, spec.seed, seed_name, stats))
+    if spec.keep:
+        merged = spec.keep * tensors[0] + (1.0 - spec.keep) * merged
+    return merged.to(st.info.torch_dtype).contiguous()
+
+
+def _merge_all(inp: _Inputs, method, base_names: set[str], writer, progress: bool | None) -> list[str]:
+    """Merge every tensor into ``writer``; returns the tensors that fell back to WAG.
+
+    Reads run one step ahead in a second thread (preads and the float32 conversion release the GIL), so
+    the disk and the arithmetic overlap: at 1B parameters in bf16 the arithmetic alone is about the time
+    of the reads (bench_merge). Two scratch slots alternate between the reader and the merge.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    steps = list(_steps(inp, method, base_names))
+    fallback: list[str] = []
+    stats: tuple = ()
+    bar = tqdm(total=len(inp.models[0].header), desc="merge", unit="tensor",
+               disable=None if progress is None else not progress, leave=False)
+    with ThreadPoolExecutor(1, thread_name_prefix="hfscan-read") as reader, bar:
+        ahead = reader.submit(_read_step, inp, steps[0], 0) if steps else None
+        for i, st in enumerate(steps):
+            data = ahead.result()
+            if i + 1 < len(steps):
+                ahead = reader.submit(_read_step, inp, steps[i + 1], (i + 1) % 2)
+            if st.first and st.info.is_float:
+                if st.fallback:
+                    fallback.append(st.info.name)
+                stats = (_stats(inp, method, st.info.name, st.bname, st.head)
+                         if not st.fallback and method.stats is not None else ())
+            writer.write(st.info.name, _merge_step(inp, method, st, data, stats))
+            if st.stop >= (st.info.shape[0] if st.info.shape else 1) or not st.info.is_float:
+                bar.update(1)
     return fallback
 
 
@@ -248,16 +309,10 @@ def merge_folders(
     t_ws = inp.models[0]
     base_names = set(inp.base.header) if inp.base else set()
     plan = [(n, i.dtype, i.shape) for n, i in t_ws.header.items()]
-    wag_fallback: list[str] = []
     try:
         with atomic_dir(out) as tmp:
             with StreamingShardWriter(tmp, plan, spec.max_shard_bytes) as writer:
-                for name, info in tqdm(t_ws.header.items(), desc="merge", unit="tensor",
-                                       disable=None if progress is None else not progress, leave=False):
-                    if not info.is_float:
-                        writer.write(name, t_ws.get(name))
-                    elif _merge_tensor(inp, method, info, base_names, writer):
-                        wag_fallback.append(name)
+                wag_fallback = _merge_all(inp, method, base_names, writer, progress)
             _copy_files(target, tmp, card)
     finally:
         for ws in [*inp.models, *([inp.base] if inp.base else [])]:
