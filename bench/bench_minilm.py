@@ -573,6 +573,40 @@ def _ucb(c: dict, z: float = 1.645) -> float:
     return p + z * (q * (1 - q) / n) ** 0.5
 
 
+def target_share(label: str, n_models: int) -> float:
+    """How much of the target's task vector a defense candidate keeps, read off its label: WAG 1/n, "target weight
+    w" w, task arithmetic λ on the sum λ, TIES / DARE (a disjoint mean) 1/n, module switching its share of the
+    blocks, a leave-one-out subset 1/(n-1); a blend toward the target ("target kept k") k + (1 - k)·share."""
+    import re
+
+    kept = re.search(r"target kept ([0-9.]+)", label)
+    keep = float(kept.group(1)) if kept else 0.0
+    if m := re.search(r"target weight ([0-9.]+)", label):
+        share = float(m.group(1))
+    elif m := re.search(r"λ ([0-9.]+)", label):
+        share = float(m.group(1))
+    elif m := re.search(r"(\d+) of (\d+) blocks", label):
+        share = int(m.group(1)) / int(m.group(2))
+    elif m := re.search(r"clipped .*\(×([0-9.]+)\)", label):
+        share = float(m.group(1)) / n_models
+    elif "without peer" in label:
+        share = 1.0 / (n_models - 1)
+    else:
+        share = 1.0 / n_models
+    return keep + (1 - keep) * share
+
+
+def _one_se(cands: list[tuple[dict, list]], n_models: int):
+    """Breiman's one-standard-error rule: among the candidates within one binomial standard error of the lowest
+    probe ASR, the one that keeps the least of the target (`target_share`)."""
+    best = min(cands, key=lambda ct: (ct[0]["worst_asr"], ct[0]["clean_drop"]))[0]
+    n = max(1, best.get("worst_n") or 1)
+    q = min(max(best["worst_asr"], 1.0 / n), 1 - 1.0 / n)
+    limit = best["worst_asr"] + (q * (1 - q) / n) ** 0.5
+    near = [ct for ct in cands if ct[0]["worst_asr"] <= limit + 1e-9]
+    return min(near, key=lambda ct: (target_share(ct[0]["candidate"], n_models), ct[0]["worst_asr"]))
+
+
 def selection_summary(dfn: list[dict]) -> list[str]:
     """How the probe's ranking of the defense candidates compares with the test set's (every candidate is also
     measured there), and what other selection rules would have chosen, read off the same runs."""
@@ -580,7 +614,9 @@ def selection_summary(dfn: list[dict]) -> list[str]:
             if r.get(k + "_candidates_test") and any(c["worst_asr"] is not None for c in r[k + "_candidates"])]
     if not runs:
         return []
-    taus, top1, rules = [], 0, {"lowest probe ASR (hfscan)": [], "lowest UCB": [], "test's best (oracle)": []}
+    taus, top1 = [], 0
+    rules: dict[str, list] = {"lowest probe ASR (hfscan)": [], "lowest UCB": [], "one-SE rule, least target kept": [],
+                              "the paper's WAG": [], "test's best (oracle)": []}
     for r, k in runs:
         cands = [(c, t) for c, t in zip(r[k + "_candidates"], r[k + "_candidates_test"])
                  if c["within_bound"] and c["worst_asr"] is not None]
@@ -596,6 +632,9 @@ def selection_summary(dfn: list[dict]) -> list[str]:
         share = (lambda a: min(1.0, (b - a) / (b - f))) if b - f > 0.05 else (lambda a: None)  # noqa: E731
         rules["lowest probe ASR (hfscan)"].append(share(chosen[1][0]))
         rules["lowest UCB"].append(share(min(cands, key=lambda ct: (_ucb(ct[0]), ct[0]["clean_drop"]))[1][0]))
+        n_models = 3 if k == "hfscan2" else 4
+        rules["one-SE rule, least target kept"].append(share(_one_se(cands, n_models)[1][0]))
+        rules["the paper's WAG"].append(share(r[k + "_candidates_test"][0][0]))
         rules["test's best (oracle)"].append(share(best_test))
     out = ["", f"Defense candidates, probe vs test sets ({len(runs)} searches, the candidates within the bound):", "",
            f"- Kendall's tau between probe and test ASR: mean {sum(taus) / max(1, len(taus)):+.2f} over {len(taus)}",
