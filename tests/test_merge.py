@@ -204,6 +204,22 @@ def test_row_chunked_merge_equals_whole_tensor_merge(trio, tmp_path, method, den
     assert whole["method"] == method
 
 
+@pytest.mark.parametrize("density", [0.0, 0.001, 0.3, 0.5, 0.999, 1.0])
+def test_streamed_trim_threshold_equals_kthvalue_bit_for_bit(density):
+    """TIES's threshold over a task vector read in chunks (radix selection) is kthvalue's, ties and zeros included."""
+    from scanner.merge.methods import trim_threshold, trim_threshold_streaming
+    from scanner.merge.registry import MergeParams
+
+    g = torch.Generator().manual_seed(0)
+    delta = torch.randn(1000, 37, generator=g) * torch.logspace(-8, 1, 37)
+    delta[:50] = 0.0
+    delta[50:60] = delta[60:70]  # repeated magnitudes
+    delta[70:80] = -delta[80:90]
+    params = MergeParams(density=density)
+    chunks = lambda: (delta[i:i + 64] for i in range(0, 1000, 64))  # noqa: E731
+    assert trim_threshold_streaming(chunks, delta.numel(), params) == trim_threshold(delta, params)
+
+
 def test_merge_cli_writes_loadable_folder_and_refuses_bad_input(tiny, tmp_path):
     from click.testing import CliRunner
     from scanner.cli import main

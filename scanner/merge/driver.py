@@ -176,13 +176,27 @@ def _open(target: Path, peers: list[Path], spec: MergeSpec, names: list[str], we
 
 
 def _stats(inp: _Inputs, method, name: str, bname: str, head: bool) -> tuple:
-    """A method's first pass (TIES's trim threshold): one model's whole task vector at a time."""
+    """A method's first pass (TIES's trim threshold): one model's whole task vector at a time, or, for a tensor
+    over the chunk size and a method with ``stream_stats``, in row chunks (memory: one chunk per read)."""
     spec = inp.spec
+    params = MergeParams(spec.density, spec.lam, spec.seed, name)
+    info = inp.models[0].header[name]
+    if method.stream_stats is not None and not head and info.shape and info.nbytes > spec.chunk_bytes:
+        step = max(1, spec.chunk_bytes // max(1, info.row_bytes))
+        rows = info.shape[0]
+
+        def chunks(ws):
+            for start in range(0, rows, step):
+                stop = min(rows, start + step)
+                yield ws.get_rows(name, start, stop).float() - inp.base.get_rows(bname, start, stop).float()
+
+        return tuple(method.stream_stats(lambda ws=ws: chunks(ws), info.nbytes // info.itemsize, params)
+                     for ws in inp.models)
     b_full = inp.base.get(bname).float()
     out: tuple = ()
     for i, ws in enumerate(inp.models):
         x = inp.permute(i, ws.get(name).float(), head)
-        out += (method.stats(x - b_full, MergeParams(spec.density, spec.lam, spec.seed, name)),)
+        out += (method.stats(x - b_full, params),)
     return out
 
 

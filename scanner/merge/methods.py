@@ -56,7 +56,41 @@ def trim_threshold(delta: torch.Tensor, params: MergeParams) -> float:
     return float(torch.kthvalue(delta.abs().reshape(-1), n - k + 1).values)
 
 
-@merge_method("ties", needs_base=True, default_weight="one", stats=trim_threshold, params=("lambda", "density"))
+def trim_threshold_streaming(chunks, n: int, params: MergeParams) -> float:
+    """`trim_threshold` of a task vector read in chunks, in bounded memory: the same value, bit for bit.
+
+    ``chunks()`` yields the task vector's pieces (any shapes, ``n`` entries in all) and is called twice. A
+    non-negative float32's bits, read as an int32, order like the float, so the k-th largest magnitude is
+    found by radix selection: a histogram of the top 16 bits finds the bucket that holds it, a histogram of the
+    low 16 bits inside that bucket the value itself. Memory is one chunk and two 64K-entry histograms; a whole
+    embedding matrix's ranking (about 3x its size in float32 for ``kthvalue``) is never held.
+    """
+    k = int(params.density * n)
+    if k >= n:
+        return 0.0
+    if k <= 0:
+        return float("inf")
+
+    def bits():
+        for c in chunks():
+            yield c.abs().reshape(-1).float().contiguous().view(torch.int32)
+
+    high = sum(torch.bincount(b >> 16, minlength=1 << 15) for b in bits())
+    bucket, above = _bucket_of(high, k)
+    low = sum(torch.bincount(b[(b >> 16) == bucket] & 0xFFFF, minlength=1 << 16) for b in bits())
+    value, _ = _bucket_of(low, k - above)
+    return float(torch.tensor([(bucket << 16) | value], dtype=torch.int32).view(torch.float32))
+
+
+def _bucket_of(hist: torch.Tensor, k: int) -> tuple[int, int]:
+    """The bucket holding the k-th largest entry of a histogram, and how many entries lie above that bucket."""
+    above = torch.cumsum(hist.flip(0), 0)  # above[j]: entries in the top j+1 buckets
+    j = int(torch.searchsorted(above, torch.tensor(k)))  # the first j with above[j] >= k
+    return len(hist) - 1 - j, int(above[j - 1]) if j > 0 else 0
+
+
+@merge_method("ties", needs_base=True, default_weight="one", stats=trim_threshold, params=("lambda", "density"),
+              stream_stats=trim_threshold_streaming)
 def ties(tensors: torch.Tensor, base: torch.Tensor, weights: torch.Tensor, params: MergeParams) -> torch.Tensor:
     """TIES: trim each task vector to its top-density magnitudes, elect signs, disjoint mean."""
     from peft.utils import merge_utils

@@ -51,6 +51,9 @@ class MergeMethod:
     # LoRA adapters only: the method combines each adapter's A and B factors separately (the update is then
     # scale·B̄·Ā), instead of the updates ΔW = scale·B·A; kept so that benchmarks can compare with it.
     factors: bool = False
+    # The same statistic from a tensor read in chunks: ``stream_stats(chunks, n, params)``, ``chunks()`` yielding
+    # the task vector's pieces (called as often as it needs); the driver uses it for tensors over its chunk size.
+    stream_stats: Callable | None = None
 
     def default_weights(self, n: int) -> list[float]:
         return [1.0 / n] * n if self.default_weight == "mean" else [1.0] * n
@@ -61,7 +64,7 @@ REGISTRY: dict[str, MergeMethod] = {}
 
 def merge_method(
     name: str, *, needs_base: bool, default_weight: str = "mean", elementwise: bool = True, stats=None,
-    params: tuple[str, ...] = (), linear: bool = False, factors: bool = False,
+    params: tuple[str, ...] = (), linear: bool = False, factors: bool = False, stream_stats=None,
 ) -> Callable[[MethodFn], MethodFn]:
     """Register ``fn`` as merge method ``name``.
 
@@ -76,7 +79,7 @@ def merge_method(
     def deco(fn: MethodFn) -> MethodFn:
         doc = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else name
         REGISTRY[name] = MergeMethod(name, fn, needs_base, default_weight, doc, elementwise, params, linear, stats,
-                                     factors)
+                                     factors, stream_stats)
         return fn
 
     return deco
