@@ -7,7 +7,9 @@ scales by λ, and makes DARE reproducible: its random drop runs under a generato
 
 One piece is hfscan's own: TIES's magnitude trim takes its threshold from ``torch.kthvalue``
 instead of peft's ``torch.topk(k=density·n)`` (4x faster on a large embedding matrix, docs/decisions.md
-D2); only ties at the threshold could differ (kept here, dropped by topk).
+D2); only ties at the threshold could differ (kept here, dropped by topk). For a tensor over the driver's
+chunk size the same threshold is found by radix selection over row chunks (`trim_threshold_streaming`), so
+TIES's memory is bounded like the other methods' (docs/decisions.md D30).
 
 Weights (per model, target first) default to 1/N for ``wag``, ``task_arithmetic`` and
 ``dare_linear`` (so λ=1 averages the task vectors, and task arithmetic then equals WAG) and to 1 for
