@@ -16,9 +16,11 @@ measured on the probe inputs by the model family:
 
 The last two tries refine: when the merge with the lowest objective breaks the bound and is linear
 (the registry's ``linear``), it is blended back toward the target by bisection on the target's kept
-share (`_pull_back`); otherwise the two tries go to the rest of the grid. The winner minimises the
-objective among candidates within the bound; if none is within it, the one with the smallest clean
-cost wins and the reason says so. With no trigger to minimise, the paper's WAG is produced (it also
+share (`_pull_back`); otherwise the two tries go to the rest of the grid. Among the candidates within the
+bound, the winner is chosen by the one-standard-error rule (`_one_se_choice`): of those whose objective is
+within one binomial standard error of the lowest (and no worse than the paper's WAG), the one that keeps the
+least of the target; if none is within the bound, the one with the smallest clean cost wins and the reason
+says so. With no trigger to minimise, the paper's WAG is produced (it also
 removes triggers the probe cannot see); when it breaks the bound and a base is known, task arithmetic
 at λ 0.5 on the sum of task vectors comes next, and only then blends toward the target
 (`_build_untargeted`). docs/decisions.md has the measurements behind each rule.
@@ -118,11 +120,14 @@ def defend(family, target: ResolvedModel, peers: list[ResolvedModel], out: Path,
 
 
 def candidate_specs(n_peers: int, base: Path | None, head_perms: dict[int, list[int]], budget: int,
-                    layers: int = 0) -> list[Candidate]:
+                    layers: int = 0, clip: float | None = None) -> list[Candidate]:
     """The search space, most promising first. With one or two peers (``layers``: the target's transformer layers),
     module switching (`scanner.merge.switching`, two assignments) comes third and, after task arithmetic and
     TIES at density 0.3, sixth: an average of so few models keeps a third
-    or more of the target's weight in every module, where switching keeps no chain of its modules."""
+    or more of the target's weight in every module, where switching keeps no chain of its modules. With
+    ``clip`` (the target's task vector is far longer than its peers', `stages.norms`) and a base, WAG with the
+    target's task vector shrunk by ``clip`` to the peers' median norm comes second: a backdoor scaled up to
+    survive averaging is averaged at its peers' size."""
     all_peers = list(range(n_peers))
     n = n_peers + 1
 
@@ -134,6 +139,11 @@ def candidate_specs(n_peers: int, base: Path | None, head_perms: dict[int, list[
     w = [alpha] + [(1 - alpha) / n_peers] * n_peers
     out.append(Candidate(f"wag, target weight {alpha:.2f}", MergeSpec("wag", weights=w, head_perms=perms_for(all_peers)),
                          all_peers))
+    if base is not None and clip is not None:
+        cw = [clip / n] + [1.0 / n] * n_peers  # base + (clip·τ_target + Σ τ_peer) / n
+        out.insert(1, Candidate(f"wag, target's task vector clipped to the peers' median norm (×{clip:.2f})",
+                                MergeSpec("task_arithmetic", base=base, weights=cw, lam=1.0,
+                                          head_perms=perms_for(all_peers)), all_peers))
     if base is not None:
         for d in (0.3, 0.5):
             out.append(Candidate(f"ties density {d}", MergeSpec("ties", base=base, density=d,
@@ -260,14 +270,14 @@ def choose_and_build(family, target: ResolvedModel, peers: list[ResolvedModel], 
                      max_clean_drop: float = 0.01, budget: int = 8, verdict: str | None = None,
                      log: Callable[[str], None] = lambda s: None,
                      progress: Callable[[int, int], None] = lambda done, total: None,
-                     keep_candidates: Path | None = None) -> DefenseOutcome:
+                     keep_candidates: Path | None = None, clip: float | None = None) -> DefenseOutcome:
     """Search the candidates, move the winner to ``out``, return it with every candidate's numbers.
 
     ``reference`` is the clean truth for the bound (`ModelFamily.clean_reference`). ``triggers`` are
     measured on every candidate; ``floors`` (one per trigger, default 0) are the clean peers' median
     ASRs, subtracted before taking the worst.
     """
-    specs = candidate_specs(len(peers), base, head_perms or {}, budget if triggers else 1, _layers(target))
+    specs = candidate_specs(len(peers), base, head_perms or {}, budget if triggers else 1, _layers(target), clip)
     scratch = Path(tempfile.mkdtemp(prefix=".hfscan-defense-", dir=out.parent if out.parent.exists() else None))
     search = _Search(family, target, peers, inputs, reference, triggers, floors or [0.0] * len(triggers),
                      max_clean_drop, scratch, verdict, log, progress, keep_candidates=keep_candidates)
@@ -305,13 +315,54 @@ def _search_targeted(search: _Search, specs: list[Candidate], budget: int, max_c
     tried = search.tried
     ok = [r for r in tried if r.within_bound]
     if ok:
-        win = min(ok, key=lambda r: (r.worst_asr, r.clean_drop))
-        return win, (f"Lowest worst-case ASR in excess of the clean peers' ({win.worst_asr:.3f}) over "
-                     f"{len(search.triggers)} verified trigger(s) among {len(ok)} of {len(tried)} candidates within "
-                     f"the clean bound ({search.family.describe_bound(max_clean_drop)}).")
+        return _one_se_choice(ok, tried, search, max_clean_drop)
     win = min(tried, key=lambda r: (r.clean_drop, r.worst_asr))
     return win, (f"No candidate kept clean accuracy within {100 * max_clean_drop:.1f} points of the target; "
                  f"the one with the smallest drop ({100 * win.clean_drop:.1f} points) was chosen.")
+
+
+def target_share(c: Candidate, n_peers: int) -> float:
+    """How much of the target's task vector a candidate keeps: its weight's share in a linear merge (WAG 1/n,
+    task arithmetic λ·w), 1/n for the disjoint means (TIES, DARE), its share of the blocks for module switching;
+    a blend toward the target adds ``keep``."""
+    spec, n = c.spec, len(c.peers) + 1
+    weights = spec.weights or get(spec.method).default_weights(n)
+    if spec.module_weights:
+        share = sum(ws[0] / sum(ws) for _, ws in spec.module_weights) / len(spec.module_weights)
+    elif spec.method == "wag":
+        share = weights[0] / sum(weights)
+    elif spec.method in ("task_arithmetic", "dare_linear"):
+        share = spec.lam * weights[0]
+    else:
+        share = 1.0 / n
+    return spec.keep + (1.0 - spec.keep) * share
+
+
+def _one_se_choice(ok: list[Candidate], tried: list[Candidate], search: "_Search",
+                   max_clean_drop: float) -> tuple[Candidate, str]:
+    """The one-standard-error rule (Breiman): among the candidates within the bound whose worst excess ASR is within
+    one binomial standard error of the lowest (and no worse than the paper's WAG, when WAG is within the bound),
+    the one that keeps the least of the target (`target_share`). Picking the lowest of eight noisy estimates on
+    one probe overfits it; a merge that keeps less of the target also keeps less of what the probe cannot see."""
+    best = min(ok, key=lambda r: (r.worst_asr, r.clean_drop))
+    n = max(1, best.worst_n)
+    q = min(max(best.worst_asr, 1.0 / n), 1.0 - 1.0 / n)
+    limit = best.worst_asr + (q * (1.0 - q) / n) ** 0.5
+    wag = tried[0] if tried[0].spec.method == "wag" and not tried[0].spec.weights and tried[0].within_bound else None
+    if wag is not None:
+        limit = min(limit, max(wag.worst_asr, best.worst_asr))
+    near = [r for r in ok if r.worst_asr <= limit + 1e-9]
+    n_peers = len(search.peers)
+    win = min(near, key=lambda r: (target_share(r, n_peers), r.worst_asr, r.clean_drop))
+    why = (f"Lowest worst-case ASR in excess of the clean peers' ({best.worst_asr:.3f}) over {len(search.triggers)} "
+           f"verified trigger(s) among {len(ok)} of {len(tried)} candidates within the clean bound "
+           f"({search.family.describe_bound(max_clean_drop)})")
+    if win is best:
+        return win, why + "."
+    return win, (why + f" was {best.label}; {win.label} ({win.worst_asr:.3f}) is within one standard error of it "
+                 f"(≤ {limit:.3f}) and keeps less of the target ({100 * target_share(win, n_peers):.0f}% against "
+                 f"{100 * target_share(best, n_peers):.0f}%), so it is chosen: the lowest of several estimates on one "
+                 "probe is partly luck, and less of the target is less of what the probe cannot see.")
 
 
 def _install(win: Candidate, tried: list[Candidate], out: Path, reason: str) -> DefenseOutcome:

@@ -332,3 +332,35 @@ def test_with_two_peers_module_switching_is_searched_and_the_defense_is_no_worse
     defended = _trigger_asr(tmp_path / "defended", "cf", 0)
     assert defended <= _trigger_asr(wag2, "cf", 0) + 0.02  # and on inputs the search did not score
     assert defended < _trigger_asr(zoo.path("zoo/backdoor-cf"), "cf", 0) - 0.3
+
+
+def test_the_choice_takes_the_least_target_within_one_standard_error_of_the_lowest_asr():
+    """Issue 22 (a choice that holds beyond the probe): task arithmetic at 0.211 and WAG at target weight 0.17 at
+    0.214 on ~150 triggered inputs are one estimate (the SST-2 InsertSent victim with two peers; on the test set
+    0.50 against 0.34); the rule takes the one that keeps less of the target. A clear winner stays the winner, and
+    nothing is chosen that is worse than the paper's WAG when WAG meets the bound."""
+    import types
+
+    from scanner.defend import _one_se_choice, target_share
+    from scanner.merge import MergeSpec
+    from scanner.merge.switching import switching_spec
+
+    def row(name, spec, worst, n=150, peers=(0, 1)):
+        return Candidate(name, spec, list(peers), worst_asr=worst, worst_n=n, cost={"drop": 0.0}, within_bound=True)
+
+    search = types.SimpleNamespace(triggers=[object()], peers=[object(), object()],
+                                   family=types.SimpleNamespace(describe_bound=lambda b: "bound"))
+    wag = row("wag", MergeSpec("wag"), 0.302)
+    light = row("wag, target weight 0.17", MergeSpec("wag", weights=[0.17, 0.415, 0.415]), 0.214)
+    ta = row("task_arithmetic", MergeSpec("task_arithmetic", weights=[1.0] * 3, lam=0.5), 0.211)
+    assert [round(target_share(c, 2), 2) for c in (wag, light, ta)] == [0.33, 0.17, 0.5]
+    assert round(target_share(row("ms", switching_spec(3, 6), 0.3), 2) * 12) == 4  # 4 of 12 blocks
+    assert round(target_share(row("k", MergeSpec("wag", keep=0.5), 0.3), 2), 2) == 0.67
+    win, why = _one_se_choice([wag, light, ta], [wag, light, ta], search, 0.01)
+    assert win is light and "one standard error" in why
+    dare = row("dare_ties", MergeSpec("dare_ties", density=0.3), 0.010)
+    assert _one_se_choice([wag, light, ta, dare], [wag, light, ta, dare], search, 0.01)[0] is dare  # clear winner
+    # never worse than WAG within the bound: WAG at 0.20 caps the candidates at 0.20, the lighter one at 0.23 is out
+    wag2 = row("wag", MergeSpec("wag"), 0.200)
+    lighter = row("wag, target weight 0.1", MergeSpec("wag", weights=[0.1, 0.45, 0.45]), 0.230)
+    assert _one_se_choice([wag2, lighter, ta], [wag2, lighter, ta], search, 0.01)[0] is not lighter

@@ -426,3 +426,27 @@ def test_a_task_vector_scaled_up_to_survive_merging_is_named(zoo, lm_zoo, tmp_pa
     assert (note is not None) == flagged, note
     # a full fine-tune with no base to subtract has no task vector: no line, never a guess
     assert size_note(resolve_folder(target), peers, None) is None
+
+
+def test_a_scaled_up_backdoor_is_averaged_at_its_peers_size(zoo, tmp_path):
+    """Issue 20: a task vector scaled ×3 to survive averaging. The defense also tries WAG with the target's task
+    vector clipped to the peers' median norm (it comes second), and the variant it builds leaves no more of
+    the trigger than the paper's WAG, which the scaled target pulls toward itself."""
+    from scanner.pipeline import CheckOptions, check
+
+    base = zoo.path("zoo/minilm-l2-base")
+    target = _scaled(zoo.path("zoo/backdoor-cf"), tmp_path / "scaled", base, 3.0)
+    peers = [str(zoo.path(p)) for p in ("zoo/clean-1", "zoo/clean-2", "zoo/clean-3")]
+    rep = check(CheckOptions(target=str(target), peers=peers, base=str(base), output_dir=tmp_path / "out",
+                             search_budget="small"))
+    assert rep.verdict == "backdoor" and "cf" in [f.trigger for f in rep.findings]
+    cands = rep.defense.candidates
+    clipped = cands[1]
+    assert clipped["candidate"].startswith("wag, target's task vector clipped") and clipped["method"] == "task_arithmetic"
+    share = clipped["weights"][0] / clipped["weights"][1]
+    assert 0.2 < share < 0.5  # ×1/3 brings a ×3 vector back to about its peers' size
+    wag = cands[0]
+    chosen = next(c for c in cands if c["chosen"])
+    assert clipped["worst_asr"] < wag["worst_asr"]
+    if wag["within_bound"]:
+        assert chosen["worst_asr"] <= wag["worst_asr"]

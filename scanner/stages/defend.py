@@ -99,7 +99,7 @@ def _search(scan: Scan, probed: Probed, assessment: Assessment, opts, out: Path,
                             base=scan.base.path if scan.base else None, floors=floors,
                             head_perms={k: p.perm for k, p in enumerate(merged)}, max_clean_drop=bound,
                             budget=opts.defense_budget, verdict=assessment.verdict, log=log,
-                            keep_candidates=opts.keep_candidates,
+                            keep_candidates=opts.keep_candidates, clip=probed.size.clip if probed.size else None,
                             progress=lambda done, total: progress("defense", done, total))
 
 

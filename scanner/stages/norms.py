@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import statistics
+from dataclasses import dataclass
 
 import torch
 
@@ -64,16 +65,43 @@ def _adapter_norm(model: ResolvedModel) -> float | None:
     return sq ** 0.5 if adapter.a else None
 
 
-def size_note(target: ResolvedModel, peers: list[ResolvedModel], base: ResolvedModel | None) -> str | None:
-    """One line when the target's task vector is over `RATIO` × the peers' median, else ``None`` (also with
-    fewer than two peers measured: one peer's norm is no yardstick)."""
+@dataclass(frozen=True)
+class TaskVectorSize:
+    """The target's task-vector norm and its peers' median."""
+
+    target: float
+    peers_median: float
+
+    @property
+    def ratio(self) -> float:
+        return self.target / self.peers_median
+
+    @property
+    def clip(self) -> float | None:
+        """The factor that shrinks the target's task vector to the peers' median, when it is over `RATIO` × it."""
+        return self.peers_median / self.target if self.ratio > RATIO else None
+
+    def note(self) -> str | None:
+        """The report's line, or ``None`` for an ordinary size."""
+        if self.clip is None:
+            return None
+        return (f"task vector {self.ratio:.1f}× the peers' median (‖τ‖ {self.target:.3g} against "
+                f"{self.peers_median:.3g}): the fine-tune moved the base far more than its peers did, as a backdoor "
+                f"scaled up to survive merging does; merging gives the target more pull than its share")
+
+
+def measure_size(target: ResolvedModel, peers: list[ResolvedModel], base: ResolvedModel | None
+                 ) -> TaskVectorSize | None:
+    """The target's and the peers' median task-vector norms; ``None`` without them (also with fewer than two
+    peers measured: one peer's norm is no yardstick)."""
     mine = task_vector_norm(target, base)
     theirs = [n for n in (task_vector_norm(p, base) for p in peers) if n]
-    if mine is None or len(theirs) < 2:
+    if not mine or len(theirs) < 2:
         return None
-    median = statistics.median(theirs)
-    if mine <= RATIO * median:
-        return None
-    return (f"task vector {mine / median:.1f}× the peers' median (‖τ‖ {mine:.3g} against {median:.3g}): the fine-tune "
-            f"moved the base far more than its peers did, as a backdoor scaled up to survive merging does; "
-            f"merging gives the target more pull than its share")
+    return TaskVectorSize(mine, statistics.median(theirs))
+
+
+def size_note(target: ResolvedModel, peers: list[ResolvedModel], base: ResolvedModel | None) -> str | None:
+    """One line when the target's task vector is over `RATIO` × the peers' median, else ``None``."""
+    size = measure_size(target, peers, base)
+    return size.note() if size else None

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from ..probe.results import ProbeResult
 from ..probe.triggers import Trigger
-from .norms import size_note
+from .norms import TaskVectorSize, measure_size
 from .resolve import Peer, Scan
 
 
@@ -24,6 +24,7 @@ class Probed:
     target: ProbeResult
     peers: list[Peer]  # the scan's peers, each with its ProbeResult in the target's label ids
     notes: list[str] = dataclasses.field(default_factory=list)  # what the target's weights show besides triggers
+    size: TaskVectorSize | None = None  # the target's task-vector norm against its peers' (`stages.norms`)
 
 
 def probe_models(scan: Scan, search_budget: str, threshold: float, log=lambda s: None,
@@ -44,9 +45,9 @@ def probe_models(scan: Scan, search_budget: str, threshold: float, log=lambda s:
                                    [scan.runner, *[p.runner for p in scan.peers]], inputs,
                                    scan.base.path if scan.base else None, search_budget, log,
                                    lambda done, total: progress("search", done, total), note=note)
-    size = size_note(scan.target, [p.model for p in scan.peers], scan.base)
-    if size:
-        note(size)
+    size = measure_size(scan.target, [p.model for p in scan.peers], scan.base)
+    if size and size.note():
+        note(size.note())
     log(f"verifying {len(candidates)} candidates on {scan.target.name} and {len(scan.peers)} peers "
         f"({len(inputs.texts)} inputs)")
     total = 1 + len(scan.peers)
@@ -59,7 +60,7 @@ def probe_models(scan: Scan, search_budget: str, threshold: float, log=lambda s:
         peers.append(dataclasses.replace(p, probe=res))
         progress("verify", i + 2, total)
     _align(family, inputs, target, peers, threshold)
-    return Probed(candidates, target, peers, notes)
+    return Probed(candidates, target, peers, notes, size)
 
 
 def _align(family, inputs, target: ProbeResult, peers: list[Peer], threshold: float) -> None:
