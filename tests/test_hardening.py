@@ -439,7 +439,8 @@ def test_a_scaled_up_backdoor_is_averaged_at_its_peers_size(zoo, tmp_path):
     peers = [str(zoo.path(p)) for p in ("zoo/clean-1", "zoo/clean-2", "zoo/clean-3")]
     rep = check(CheckOptions(target=str(target), peers=peers, base=str(base), output_dir=tmp_path / "out",
                              search_budget="small"))
-    assert rep.verdict == "backdoor" and "cf" in [f.trigger for f in rep.findings]
+    # (the scaled model agrees less with its peers on clean inputs, so the homogeneity caveat caps the verdict)
+    assert rep.verdict in ("backdoor", "suspicious") and "cf" in [f.trigger for f in rep.findings]
     cands = rep.defense.candidates
     clipped = cands[1]
     assert clipped["candidate"].startswith("wag, target's task vector clipped") and clipped["method"] == "task_arithmetic"
@@ -447,6 +448,8 @@ def test_a_scaled_up_backdoor_is_averaged_at_its_peers_size(zoo, tmp_path):
     assert 0.2 < share < 0.5  # ×1/3 brings a ×3 vector back to about its peers' size
     wag = cands[0]
     chosen = next(c for c in cands if c["chosen"])
-    assert clipped["worst_asr"] < wag["worst_asr"]
+    assert clipped["worst_asr"] < wag["worst_asr"] - 0.3  # measured: 0.10 against 0.66
+    assert chosen["worst_asr"] <= clipped["worst_asr"] and chosen["within_bound"]
     if wag["within_bound"]:
         assert chosen["worst_asr"] <= wag["worst_asr"]
+    assert rep.defense.asr_max_after < 0.5  # the defended variant, re-probed
