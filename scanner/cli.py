@@ -459,13 +459,11 @@ def _switching(spec, t, n_models: int, shift: int):
     """``spec`` with `switching_spec`'s per-module weights over the target's layers."""
     import dataclasses
 
-    from .merge.switching import layer_count, switching_spec
-    from .weights import WeightSet
+    from .merge.switching import layers_of, switching_spec
 
     if spec.method != "wag":
         raise HfscanError("--switch-modules takes each block whole from one model: use it with --method wag")
-    with WeightSet.open(t.path, label=t.name) as ws:
-        layers = layer_count(ws.names())
+    layers = layers_of(t.path, t.name)
     if layers < 2:
         raise HfscanError(f"{t.name}: --switch-modules needs a model with at least 2 numbered layers ({layers} found)")
     sw = switching_spec(n_models, layers, shift, spec.weights)

@@ -47,7 +47,7 @@ from typing import Callable
 import torch
 
 from .merge import MergeSpec, get
-from .merge.switching import layer_count, switching_spec
+from .merge.switching import layers_of, switching_spec
 from .probe.results import TriggerResult
 from .report.render import template
 from .sources.model import ResolvedModel
@@ -164,14 +164,6 @@ def candidate_specs(n_peers: int, base: Path | None, head_perms: dict[int, list[
     return out[: max(1, budget)]
 
 
-def _layers(target: ResolvedModel) -> int:
-    """The target's transformer layers, counted from its tensor names (full weights or a LoRA adapter's)."""
-    from .weights import WeightSet
-
-    with WeightSet.open(target.path, label=target.name) as ws:
-        return layer_count(ws.names())
-
-
 def task_arithmetic_candidate(n_peers: int, base: Path, head_perms: dict[int, list[int]]) -> Candidate:
     """Task arithmetic at the scale of the task-arithmetic literature: base + 0.5·Σ τᵢ, every model weighted alike.
 
@@ -277,7 +269,8 @@ def choose_and_build(family, target: ResolvedModel, peers: list[ResolvedModel], 
     measured on every candidate; ``floors`` (one per trigger, default 0) are the clean peers' median
     ASRs, subtracted before taking the worst.
     """
-    specs = candidate_specs(len(peers), base, head_perms or {}, budget if triggers else 1, _layers(target), clip)
+    specs = candidate_specs(len(peers), base, head_perms or {}, budget if triggers else 1,
+                            layers_of(target.path, target.name), clip)
     scratch = Path(tempfile.mkdtemp(prefix=".hfscan-defense-", dir=out.parent if out.parent.exists() else None))
     search = _Search(family, target, peers, inputs, reference, triggers, floors or [0.0] * len(triggers),
                      max_clean_drop, scratch, verdict, log, progress, keep_candidates=keep_candidates)

@@ -175,6 +175,11 @@ def _open(target: Path, peers: list[Path], spec: MergeSpec, names: list[str], we
     return _Inputs(spec, [t_ws, *p_ws], b_ws, perms, len(t_labels), torch.tensor(weights, dtype=torch.float32))
 
 
+def _row_step(spec: MergeSpec, info) -> int:
+    """Rows per chunk for a tensor read in chunks of about ``spec.chunk_bytes`` per model."""
+    return max(1, spec.chunk_bytes // max(1, info.row_bytes))
+
+
 def _stats(inp: _Inputs, method, name: str, bname: str, head: bool) -> tuple:
     """A method's first pass (TIES's trim threshold): one model's whole task vector at a time, or, for a tensor
     over the chunk size and a method with ``stream_stats``, in row chunks (memory: one chunk per read)."""
@@ -182,7 +187,7 @@ def _stats(inp: _Inputs, method, name: str, bname: str, head: bool) -> tuple:
     params = MergeParams(spec.density, spec.lam, spec.seed, name)
     info = inp.models[0].header[name]
     if method.stream_stats is not None and not head and info.shape and info.nbytes > spec.chunk_bytes:
-        step = max(1, spec.chunk_bytes // max(1, info.row_bytes))
+        step = _row_step(spec, info)
         rows = info.shape[0]
 
         def chunks(ws):
@@ -243,7 +248,7 @@ def _steps(inp: _Inputs, method, base_names: set[str]):
         rows = info.shape[0] if info.shape else 1
         step = rows
         if (method.elementwise or (method.stats and not fallback)) and not head and info.nbytes > spec.chunk_bytes:
-            step = max(1, spec.chunk_bytes // max(1, info.row_bytes))
+            step = _row_step(spec, info)
         for start in range(0, rows, step):
             yield _Step(info, start, min(rows, start + step), head, None if fallback else bname, fallback,
                         step == rows, start == 0)

@@ -36,6 +36,14 @@ def layer_count(names: Iterable[str]) -> int:
     return max(found) + 1 if found else 0
 
 
+def layers_of(folder, label: str | None = None) -> int:
+    """`layer_count` of a model folder's tensor names (full weights or a LoRA adapter's)."""
+    from ..weights import WeightSet
+
+    with WeightSet.open(folder, label=label) as ws:
+        return layer_count(ws.names())
+
+
 def assignment(n_models: int, n_layers: int, shift: int = 0) -> list[tuple[int, int]]:
     """(attention source, feed-forward source) per layer: model ``(2l + k + shift) mod n`` for block k of layer l,
     a walk through the models in block order, so consecutive blocks never share a model (n ≥ 2)."""
