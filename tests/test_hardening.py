@@ -135,15 +135,21 @@ def test_a_signal_during_the_defense_leaves_no_temporary_folder(zoo, tmp_path, s
            "-o", str(out)]
     env = {**os.environ, "TMPDIR": str(tmp_path / "tmp"), "PYTHONUNBUFFERED": "1"}
     (tmp_path / "tmp").mkdir()
-    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # a shell's background job starts with SIGINT ignored and a child inherits that (Python then installs no
+    # KeyboardInterrupt handler): the child gets the default disposition, as a terminal's Ctrl-C finds it
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
+    seen = []
     for line in p.stderr:
+        seen.append(line)
         if "defense candidate" in line or time.time() > deadline:
             break
+    assert p.poll() is None, "".join(seen)  # still defending when the signal is sent
     p.send_signal(sig)
-    p.stderr.read()
+    rest = p.stderr.read()
     rc = p.wait(timeout=120)
-    assert rc == (130 if sig == signal.SIGINT else 128 + sig), rc
+    assert rc == (130 if sig == signal.SIGINT else 128 + sig), (rc, "".join(seen[-3:]) + rest)
     # torch makes its compile cache (torchinductor_USER) in TMPDIR on import in some runs: torch's, kept by design
     leftovers = [q for q in [*out.rglob(".*"), *(tmp_path / "tmp").iterdir()]
                  if q.name != ".hfscan-output" and not q.name.startswith("torchinductor_")]
