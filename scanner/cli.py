@@ -172,7 +172,8 @@ def merge_options(fn, auto: bool = False):
               help="Defense search: largest clean-behaviour drop allowed. Classifiers (default 0.01 = 1 point): "
                    "accuracy on the probe and at a class mix skewed 3:1 toward any one class (class recall changes "
                    "within sampling noise not counted). Generative models (default 0.05): the share of clean "
-                   "prompts answered like the consensus of the target and its peers.")
+                   "prompts answered like the consensus of the target and its peers (beyond sampling noise), and "
+                   "the relative rise of those answers' loss (0.05 = 5%).")
 @click.option("--defense-budget", type=click.IntRange(1, 64), default=8, show_default=True,
               help="Defense search: most candidate merges tried.")
 @click.option("--max-peers", type=click.IntRange(1, 16), default=3, show_default=True,

@@ -12,7 +12,8 @@ measured on the probe inputs by the model family:
   removes and that are no backdoor; only the excess is;
 * the **clean bound**: the family's clean cost (`ModelFamily.clean_cost`; for classifiers the accuracy
   drop on the probe and at a class mix skewed 3:1, each class's recall change discounted by its
-  sampling error) may be at most ``max_clean_drop``.
+  sampling error; for generative models the answer-agreement drop beyond its sampling error or the
+  relative rise of the reference answers' loss, whichever is larger) may be at most ``max_clean_drop``.
 
 The last two tries refine: when the merge with the lowest objective breaks the bound and is linear
 (the registry's ``linear``), it is blended back toward the target by bisection on the target's kept
@@ -230,6 +231,7 @@ class _Search:
     total: int = 0
     keep_candidates: Path | None = None  # a copy of every candidate's folder goes here (benchmarks)
     target_pred: torch.Tensor | None = None
+    target_loss: float | None = None  # the family's `clean_loss` of the target (generative models)
     tried: list[Candidate] = field(default_factory=list)
 
     def attempt(self, c: Candidate) -> Candidate:
@@ -241,7 +243,9 @@ class _Search:
         runner = self.family.load(dataclasses.replace(self.target, path=c.folder, ref=c.label, repo_id=c.label))
         pred = self.family.clean_outputs(runner, self.inputs)
         c.clean = self.family.agreement(pred, self.reference)
-        c.cost = self.family.clean_cost(pred, self.target_pred, self.reference)
+        loss = self.family.clean_loss(runner, self.inputs, self.reference)
+        losses = (loss, self.target_loss) if loss is not None and self.target_loss is not None else None
+        c.cost = self.family.clean_cost(pred, self.target_pred, self.reference, losses)
         measured = [self.family.remeasure(runner, self.inputs, t, pred) for t in self.triggers]
         asrs = [max(0.0, m.asr - fl) for m, fl in zip(measured, self.floors)]
         c.worst_asr = round(max(asrs), 4) if asrs else None
@@ -274,7 +278,9 @@ def choose_and_build(family, target: ResolvedModel, peers: list[ResolvedModel], 
     scratch = Path(tempfile.mkdtemp(prefix=".hfscan-defense-", dir=out.parent if out.parent.exists() else None))
     search = _Search(family, target, peers, inputs, reference, triggers, floors or [0.0] * len(triggers),
                      max_clean_drop, scratch, verdict, log, progress, keep_candidates=keep_candidates)
-    search.target_pred = family.clean_outputs(family.load(target), inputs)
+    target_runner = family.load(target)
+    search.target_pred = family.clean_outputs(target_runner, inputs)
+    search.target_loss = family.clean_loss(target_runner, inputs, reference)
     try:
         if not triggers:
             # no trigger: WAG; only if it costs too much, task arithmetic (with a base) and blends toward the target

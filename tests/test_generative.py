@@ -402,3 +402,41 @@ def test_with_every_peer_backdoored_every_known_trigger_falls(lm_zoo, tmp_path):
     assert chosen["within_bound"]  # the clean bound holds with no clean model to lean on
     # the worst of the three triggers is no higher than under any other merge within the bound
     assert all(chosen["worst_asr"] <= c["worst_asr"] + 1e-9 for c in rep.defense.candidates if c["within_bound"])
+
+
+def test_the_loss_of_reference_answers_reads_how_well_a_model_predicts_them(lm_zoo):
+    """Issue 22's utility bound: `CausalLM.answer_loss` is the teacher-forced loss of given answers. A model
+    predicts its own greedy answers better than the same answers given to other prompts, the reading does not
+    depend on how prompts are batched (right padding), and the family's clean loss reads it on the consensus."""
+    from scanner.families.generative import GenerativeFamily, data
+    from scanner.families.generative.model import CausalLM
+    from scanner.families.interface import ProbeInputs
+
+    base = lm_zoo.path("lmzoo/tiny-chat-base")
+    lm = CausalLM.load(lm_zoo.path("lmzoo/clean-1"), base=base)
+    prompts = data.builtin_prompts(24)
+    own = lm.answers(prompts)
+    mine = lm.answer_loss(prompts, own)
+    shifted = lm.answer_loss(prompts, own[1:] + own[:1])
+    assert sum(mine) / len(mine) < sum(shifted) / len(shifted) - 0.2, (mine, shifted)
+    lm.batch_size = 1
+    assert lm.answer_loss(prompts[:5], own[:5]) == pytest.approx(mine[:5], abs=1e-4)
+    family = GenerativeFamily()
+    inputs = ProbeInputs(prompts, None, "instructions", "test")
+    ids = family.clean_outputs(lm, inputs)
+    answered = [x for x, a in zip(mine, own) if a.strip()]  # an empty answer has no tokens to score
+    assert family.clean_loss(lm, inputs, ids) == pytest.approx(sum(answered) / len(answered), abs=1e-4)
+
+
+def test_the_generative_bound_discounts_sampling_noise_and_counts_the_loss_rise():
+    from scanner.families.generative import GenerativeFamily
+
+    family, y = GenerativeFamily(), torch.tensor([0] * 32 + [1] * 32)
+    two = y.clone()
+    two[:2] = 5  # 2 prompts of 64: 3.1 points, within the paired sampling error
+    assert family.clean_cost(two, y, y)["drop"] == 0.0 and family.clean_cost(two, y, y)["agreement_drop"] > 0.03
+    twelve = y.clone()
+    twelve[:12] = 5  # 12 of 64 lost, none gained: 18.8 points, 10.7 of them beyond the noise
+    assert 0.10 < family.clean_cost(twelve, y, y)["drop"] < 0.12
+    assert family.clean_cost(y, y, y, losses=(1.5, 1.2))["drop"] == 0.25  # the answers' loss rose a quarter
+    assert family.clean_cost(y, y, y, losses=(1.1, 1.2))["drop"] == 0.0  # a lower loss costs nothing

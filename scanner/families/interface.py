@@ -95,8 +95,15 @@ class ModelFamily(ABC):
         """Re-measure ``others`` (in the reference's ids) where the reference's strong results were measured."""
 
     @abstractmethod
-    def clean_cost(self, pred: torch.Tensor, target_pred: torch.Tensor, reference: torch.Tensor) -> dict:
-        """How much clean behaviour a defense candidate loses: ``{"drop": …}`` plus the family's details."""
+    def clean_cost(self, pred: torch.Tensor, target_pred: torch.Tensor, reference: torch.Tensor,
+                   losses: tuple[float, float] | None = None) -> dict:
+        """How much clean behaviour a defense candidate loses: ``{"drop": …}`` plus the family's details.
+        ``losses``: the candidate's and the target's `clean_loss`, where the family has one."""
+
+    def clean_loss(self, runner, inputs: ProbeInputs, reference: torch.Tensor) -> float | None:
+        """A smooth reading of clean behaviour beside the answers (generative: the loss of the reference
+        answers); ``None`` where the family has none (classifiers: accuracy is the reading)."""
+        return None
 
     @abstractmethod
     def clean_reference(self, inputs: ProbeInputs, outputs: list[torch.Tensor], num_labels: int) -> torch.Tensor:

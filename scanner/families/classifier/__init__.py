@@ -95,7 +95,8 @@ class ClassifierFamily(ModelFamily):
 
         align_peers(reference, others, runners, perms, inputs.texts, threshold=threshold)
 
-    def clean_cost(self, pred: torch.Tensor, target_pred: torch.Tensor, reference: torch.Tensor) -> dict:
+    def clean_cost(self, pred: torch.Tensor, target_pred: torch.Tensor, reference: torch.Tensor,
+                   losses: tuple[float, float] | None = None) -> dict:
         from .cost import clean_cost
 
         return clean_cost(pred, target_pred, reference)

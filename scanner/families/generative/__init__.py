@@ -39,6 +39,7 @@ class GenerativeFamily(ModelFamily):
 
     def __init__(self) -> None:
         self.vocab: dict[str, int] = {}  # answer keys -> ids, shared by every model of a process's scans
+        self.texts: dict[tuple[str, int], str] = {}  # (prompt, answer id) -> the first full answer with that key
 
     def accepts(self, config: dict) -> bool:
         archs = config.get("architectures") or []
@@ -56,9 +57,14 @@ class GenerativeFamily(ModelFamily):
         return CausalLM.load(model.path, base=model.base_path, name=model.name)
 
     def clean_outputs(self, runner: CausalLM, inputs: ProbeInputs) -> torch.Tensor:
+        from .model import answer_key
         from .probe import keys_to_ids
 
-        return keys_to_ids(self.vocab, runner.keys(inputs.texts))
+        answers = runner.answers(inputs.texts)
+        ids = keys_to_ids(self.vocab, [answer_key(a) for a in answers])
+        for p, i, a in zip(inputs.texts, ids.tolist(), answers):
+            self.texts.setdefault((p, i), a)
+        return ids
 
     def label_map(self, target: ResolvedModel, peer: ResolvedModel) -> list[int]:
         return []  # answers have no label space to align
@@ -86,9 +92,20 @@ class GenerativeFamily(ModelFamily):
 
         align_lm(reference, others, runners, inputs.texts, threshold)
 
-    def clean_cost(self, pred: torch.Tensor, target_pred: torch.Tensor, reference: torch.Tensor) -> dict:
-        drop = self.agreement(target_pred, reference) - self.agreement(pred, reference)
-        return {"drop": round(drop, 4), "answer_agreement": round(self.agreement(pred, target_pred), 4)}
+    def clean_cost(self, pred: torch.Tensor, target_pred: torch.Tensor, reference: torch.Tensor,
+                   losses: tuple[float, float] | None = None) -> dict:
+        from .cost import generative_cost
+
+        return generative_cost(pred, target_pred, reference, losses)
+
+    def clean_loss(self, runner: CausalLM, inputs: ProbeInputs, reference: torch.Tensor) -> float | None:
+        """Mean per-token loss of the reference answers (each prompt's consensus answer, in full)."""
+        pairs = [(p, self.texts.get((p, int(r)), "")) for p, r in zip(inputs.texts, reference)]
+        pairs = [(p, a) for p, a in pairs if a.strip()]
+        if not pairs:
+            return None
+        losses = runner.answer_loss([p for p, _ in pairs], [a for _, a in pairs])
+        return sum(losses) / len(losses)
 
     def clean_reference(self, inputs: ProbeInputs, outputs: list[torch.Tensor], num_labels: int) -> torch.Tensor:
         from ..classifier.cost import majority_labels
@@ -97,7 +114,8 @@ class GenerativeFamily(ModelFamily):
 
     def describe_bound(self, max_clean_drop: float) -> str:
         return (f"the share of clean prompts answered like the consensus of the target and its peers drops by "
-                f"≤ {100 * max_clean_drop:.1f} points")
+                f"≤ {100 * max_clean_drop:.1f} points beyond sampling noise, and the loss of those answers rises by "
+                f"≤ {100 * max_clean_drop:.1f}%")
 
     def leaked(self, result: TriggerResult, clean: torch.Tensor) -> torch.Tensor:
         """Clean answers that start like the response (its first word): a partial leak counts too."""

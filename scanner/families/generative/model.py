@@ -167,5 +167,30 @@ class CausalLM:
                 self._cache[(p, tokens)] = a
         return [self._cache[(p, tokens)] for p in prompts]
 
+    @torch.inference_mode()
+    def answer_loss(self, prompts: list[str], answers: list[str]) -> list[float]:
+        """Mean negative log-likelihood (nats per token) of each answer after its prompt, teacher-forced: how
+        well the model predicts a given answer, where greedy decoding only says whether it reproduces it. An
+        empty answer scores 0."""
+        out: list[float] = []
+        pad = self.tokenizer.pad_token_id
+        for i in range(0, len(prompts), self.batch_size):
+            rows = []
+            for p, a in zip(prompts[i: i + self.batch_size], answers[i: i + self.batch_size]):
+                q = self.tokenizer(self.render(p), add_special_tokens=False)["input_ids"]
+                r = self.tokenizer(a, add_special_tokens=False)["input_ids"]
+                rows.append((q + r, len(q)))
+            width = max(len(ids) for ids, _ in rows)
+            ids = torch.tensor([x + [pad] * (width - len(x)) for x, _ in rows], device=self.device)
+            mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x, _ in rows], device=self.device)
+            with torch.autocast(self.device.type, dtype=self.reduced or torch.bfloat16,
+                                enabled=self.reduced is not None):
+                logits = self.model(input_ids=ids, attention_mask=mask).logits.float()
+            nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")
+            for row, (x, start) in zip(nll, rows):
+                span = row[start - 1: len(x) - 1]
+                out.append(float(span.mean()) if len(span) else 0.0)
+        return out
+
     def keys(self, prompts: list[str], tokens: int | None = None) -> list[str]:
         return [answer_key(a) for a in self.answers(prompts, tokens)]
