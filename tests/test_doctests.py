@@ -6,7 +6,7 @@ import importlib
 import pytest
 
 PURE = ["scanner.config", "scanner.probe.verdict", "scanner.probe.triggers", "scanner.report.card",
-        "scanner.families.classifier.cost", "scanner.families.classifier.library", "scanner.families.generative.library",
+        "scanner.families.classifier.cost", "scanner.families.generative.cost", "scanner.families.noise", "scanner.families.classifier.library", "scanner.families.generative.library",
         "scanner.families.generative.model", "scanner.families", "scanner.families.classifier",
         "scanner.sources.model", "scanner.report.escape", "scanner.bot.events"]
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import torch
 
+from ..noise import NOISE_Z, paired_excess
+
 SKEW = 3.0  # the class mix the bound also reads: one class 3x as common as each other one
-NOISE_Z = 1.645  # a class's recall change counts beyond its one-sided 95% paired sampling error only
 
 
 def clean_cost(pred: torch.Tensor, target_pred: torch.Tensor, reference: torch.Tensor,
@@ -46,10 +47,8 @@ def clean_cost(pred: torch.Tensor, target_pred: torch.Tensor, reference: torch.T
         n = int(m.sum())
         was, now = target_pred[m] == c, pred[m] == c
         b, g = int((was & ~now).sum()), int((now & ~was).sum())
-        d = (b - g) / n
-        se = max(0.0, (b + g) - (b - g) ** 2 / n) ** 0.5 / n
-        raw.append(d)
-        shrunk.append(max(0.0, abs(d) - z * se) * (1 if d > 0 else -1))
+        raw.append((b - g) / n)
+        shrunk.append(paired_excess(b, g, n, z))
     k = len(shrunk)
     skewed = max(((skew - 1) * d + sum(shrunk)) / (k - 1 + skew) for d in shrunk) if k > 1 else plain
     return {"drop": round(max(plain, skewed), 4), "accuracy_drop": round(plain, 4),

@@ -27,17 +27,7 @@ from __future__ import annotations
 
 import torch
 
-NOISE_Z = 1.645  # the agreement drop counts beyond its one-sided 95% paired sampling error only
-
-
-def paired_excess(lost: int, gained: int, n: int, z: float = NOISE_Z) -> float:
-    """``(lost - gained) / n`` shrunk toward zero by ``z`` standard errors of a paired difference
-    (``se² = (lost + gained - (lost - gained)²/n) / n²``)."""
-    if n == 0:
-        return 0.0
-    d = (lost - gained) / n
-    se = max(0.0, (lost + gained) - (lost - gained) ** 2 / n) ** 0.5 / n
-    return max(0.0, abs(d) - z * se) * (1 if d > 0 else -1)
+from ..noise import NOISE_Z, paired_excess
 
 
 def generative_cost(pred: torch.Tensor, target_pred: torch.Tensor, reference: torch.Tensor,
