@@ -44,10 +44,13 @@ def _hostile_report(text: str):
     for f in r.findings:
         f.trigger, f.target_label = text, text
     r.findings.append(FindingRecord(text, "word", "search", None, text, 0, "start", 0.9, 0.1, 64, 0.0, 0.0, 9.0,
-                                    "backdoor", 0.9, response=text))
+                                    "backdoor", 0.9, response=text, shared_with=[text]))
     r.target.labels = [text, "positive"]
     r.peers = [PeerRecord("org/peer", None, None, 0.2, text, 0.9,
-                          {"trigger": text, "target_label": text, "position": "end", "asr": 0.9, "others_max": 0.0})]
+                          {"trigger": text, "target_label": text, "position": "end", "asr": 0.9, "others_max": 0.0}),
+               PeerRecord(text, None, None, 0.9, text, 0.9,  # an accomplice (a peer sharing the target's trigger)
+                          {"trigger": text, "target_label": text, "position": "end", "asr": 0.9, "others_max": 0.0,
+                           "shared_with_target": True, "target_asr": 0.9})]
     r.defense = Defense("wag", {}, ["org/peer"], [0.5, 0.5], "out/defended", 0.9, 0.1, 0.1, "note",
                         peer_triggers_after={text: 0.1})
     r.probe.top = [{"trigger": text, "source": "search", "target_label_id": 0, "position": "end", "asr": 0.9,

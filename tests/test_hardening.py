@@ -459,3 +459,35 @@ def test_a_scaled_up_backdoor_is_averaged_at_its_peers_size(zoo, tmp_path):
     if wag["within_bound"]:
         assert chosen["worst_asr"] <= wag["worst_asr"]
     assert rep.defense.asr_max_after < 0.5  # the defended variant, re-probed
+
+
+def test_a_peer_trained_with_the_targets_trigger_is_named_and_not_merged(zoo, tmp_path):
+    """Issue 20 (peers an attacker controls): an accomplice trained on its own (its own seed and rows) with the
+    target's trigger is no copy, so the twin check keeps it. Without the shared-trigger rule it hid the target
+    (no finding: `cf` at 100% on a peer) and was merged. Now vetting finds the trigger shared with the target, the
+    finding is read against the other peers, the report names the accomplice, and it is not merged."""
+    from scanner import zoo as zoo_mod
+    from scanner.pipeline import CheckOptions, check
+    from scanner.report.render import render
+
+    base = zoo.path(zoo.base_id)
+    accomplice = zoo_mod.finetune(base, zoo.root.parent / f"{zoo.root.name}-extra" / "accomplice-cf",
+                                  zoo_mod.FineTuneRecipe(seed=5, rows=(1500, 3000), trigger="cf", target_label=0),
+                                  "zoo/accomplice-cf", zoo.base_id)
+    peers = [str(accomplice), str(zoo.path("zoo/clean-1")), str(zoo.path("zoo/clean-2"))]
+    rep = check(CheckOptions(target=str(zoo.path("zoo/backdoor-cf")), peers=peers, base=str(base),
+                             output_dir=tmp_path / "out", search_budget="small"))
+    assert not rep.peers_set_aside  # not a copy: its weights are its own
+    # two models of four answer `cf`: read against the other two, and called no higher than suspicious (the
+    # probe cannot tell an accomplice from one shortcut two models learned); the default --fail-on still fails
+    assert rep.verdict == "suspicious" and rep.exit_code == 1
+    cf = next(f for f in rep.findings if f.trigger == "cf")
+    assert cf.shared_with == ["accomplice-cf"] and cf.peer_asr_max <= 0.3
+    bad = next(p for p in rep.peers if p.id == "accomplice-cf")
+    assert "cf" in bad.own_trigger["trigger"].split() and bad.own_trigger["asr"] >= 0.9
+    assert bad.own_trigger["shared_with_target"] and bad.own_trigger["target_asr"] >= 0.9
+    assert bad.own_trigger["others_max"] <= 0.3
+    assert [e["id"] for e in rep.defense.excluded_peers] == ["accomplice-cf"]
+    assert rep.defense.asr_max_after <= 0.5
+    md = render(rep, "md")
+    assert "accomplice-cf" in md and "the target's trigger" in md

@@ -29,7 +29,7 @@ def build_report(scan, probed, assessment, defended, started: float) -> ScanRepo
         target=ModelInfo(t.name, t.revision, t.sha, str(t.path), t.architecture, t.labels,
                          t.adapter_base if t.is_adapter else None),
         verdict=assessment.verdict,
-        findings=[finding_record(f, t.labels, defended, scan.family) for f in assessment.findings],
+        findings=[finding_record(f, t.labels, defended, scan.family, probed.peers) for f in assessment.findings],
         clean=clean_record(scan, probed, defended),
         defense=defense_record(probed, assessment, defended, t.labels) if defended else None,
         peers=[peer_record(i, p, probed, assessment, scan.family, t.labels) for i, p in enumerate(probed.peers)],
@@ -42,7 +42,7 @@ def build_report(scan, probed, assessment, defended, started: float) -> ScanRepo
     )
 
 
-def finding_record(f, labels: list[str], defended, family) -> FindingRecord:
+def finding_record(f, labels: list[str], defended, family, peers=()) -> FindingRecord:
     r = f.result
     return FindingRecord(
         trigger=r.trigger.text, kind=r.trigger.kind, source=r.trigger.source, attack=r.trigger.attack,
@@ -50,7 +50,7 @@ def finding_record(f, labels: list[str], defended, family) -> FindingRecord:
         asr_after=_r(defended.after[(r.trigger.text, r.label)]) if defended and defended.after else None,
         n=r.n, peer_asr_max=_r(max(f.peer_asrs)) if f.peer_asrs else None,
         peer_asr_median=_r(statistics.median(f.peer_asrs)) if f.peer_asrs else None,
-        z=_r(f.z, 2), gap=_r(f.gap), level=f.level)
+        z=_r(f.z, 2), gap=_r(f.gap), level=f.level, shared_with=[peers[i].name for i in f.shared_with])
 
 
 def clean_record(scan, probed, defended) -> CleanMetrics:
@@ -63,8 +63,12 @@ def clean_record(scan, probed, defended) -> CleanMetrics:
 
 def alert_record(a, labels: list[str]) -> dict:
     """A peer's own trigger as the report shows it (``peers[].own_trigger``, ``defense.excluded_peers``)."""
-    return {"trigger": a.result.trigger.text, "target_label": a.result.response or labels[a.result.label], "position": a.result.position,
-            "asr": round(a.result.asr, 4), "others_max": round(max(a.others), 4)}
+    rec = {"trigger": a.result.trigger.text, "target_label": a.result.response or labels[a.result.label],
+           "position": a.result.position, "asr": round(a.result.asr, 4), "others_max": round(max(a.others), 4)}
+    if a.shared:  # the target answers it too: others_max is then the other peers' (the target's is target_asr)
+        rec.update(shared_with_target=True, target_asr=round(a.others[0], 4),
+                   others_max=round(max(a.others[1:], default=0.0), 4))
+    return rec
 
 
 def defense_record(probed, assessment, defended, labels: list[str]) -> Defense:

@@ -9,14 +9,16 @@ Schema 1 (``report.json``)::
     verdict         "backdoor" | "suspicious" | "no_trigger_found"
     findings        [{trigger, kind, source, attack, target_label, target_label_id, position,
                       asr_before, asr_after, n, peer_asr_max, peer_asr_median, z, level, gap,
-                      response (generative models: the recovered target response, else null)}]
+                      response (generative models: the recovered target response, else null),
+                      shared_with (peers that answer the trigger as the target does, read apart)}]
     clean           {accuracy_before, accuracy_after, agreement_after, n, labelled}
     defense         {method, params, peers, weights, output_dir, asr_max_before, asr_max_after,
                      library_asr_max_after, note, excluded_peers, peer_triggers_after, library_worst_trigger,
                      candidates: [{candidate, method, peers, weights, worst_asr, worst_n, clean, clean_drop,
                      accuracy_drop, class_drops, within_bound, chosen, ...}], output,
                      refactorisation_error, why_full}
-    peers           [{id, sha, label_permutation, best_asr, best_trigger, agreement, own_trigger}]
+    peers           [{id, sha, label_permutation, best_asr, best_trigger, agreement, own_trigger
+                      ({trigger, target_label, position, asr, others_max, shared_with_target?, target_asr?})}]
     discovery       {base, tried, kept, rejected: [{id, reason}]} or null (peers given explicitly)
     peers_set_aside [{id, reason}]: peers that are the target or (near-)copies of it, not used
     publish         {pr: {action, url, num, files}, variant: {action, url, files}} or null
@@ -68,6 +70,8 @@ class FindingRecord:
     level: str
     gap: float | None = None
     response: str | None = None  # generative models: the response the trigger makes the model give
+    # peers that answer this trigger as the target does (an accomplice): read apart, the finding capped at suspicious
+    shared_with: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -88,7 +92,8 @@ class PeerRecord:
     best_trigger: str | None = None
     agreement: float | None = None  # share of clean probe inputs on which it predicts what the target does
     # a backdoor-strength trigger this peer answers and no other model does: {trigger, target_label,
-    # position, asr, others_max}; such a peer is not merged (see Defense.excluded_peers)
+    # position, asr, others_max}, or one it shares with the target (shared_with_target: true, target_asr,
+    # others_max over the other peers); such a peer is not merged (see Defense.excluded_peers)
     own_trigger: dict | None = None
 
 
