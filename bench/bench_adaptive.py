@@ -158,7 +158,7 @@ def one(name: str, recipe: str, victim: Path, base: Path, tmp: Path, budget: str
                defended=measure(Path(rep.defense.output_dir)) if rep.defense else None,
                recovered=bm.recovered(m, bm.trigger_of(m, base), rep.probe.top),
                weight_notes=rep.probe.weight_notes,
-               candidates=[{k: c.get(k) for k in ("candidate", "worst_asr", "clean_drop", "within_bound")}
+               candidates=[{k: c.get(k) for k in ("candidate", "worst_asr", "clean_drop", "within_bound", "chosen")}
                            for c in (rep.defense.candidates if rep.defense else [])])
     shutil.rmtree(tmp / "check")
     return row
