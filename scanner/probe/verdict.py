@@ -259,6 +259,12 @@ class PeerAlert:
     triggers: list[TriggerResult] = field(default_factory=list)  # every backdoor-strength one, strongest first
     shared: list[TriggerResult] = field(default_factory=list)  # those the target answers as strongly
 
+    @property
+    def others_max(self) -> float:
+        """The highest ASR of the models the trigger is read against: the other peers for a shared one (the
+        target answers it too), every other model otherwise."""
+        return max(self.others[1:] if self.shared else self.others, default=0.0)
+
 
 def suspect_peers(target: ProbeResult, peers: list[ProbeResult], t: Thresholds = Thresholds()) -> list[PeerAlert]:
     """Peers that carry a backdoor-strength trigger nobody else answers, or that share one with the target

@@ -64,10 +64,9 @@ def clean_record(scan, probed, defended) -> CleanMetrics:
 def alert_record(a, labels: list[str]) -> dict:
     """A peer's own trigger as the report shows it (``peers[].own_trigger``, ``defense.excluded_peers``)."""
     rec = {"trigger": a.result.trigger.text, "target_label": a.result.response or labels[a.result.label],
-           "position": a.result.position, "asr": round(a.result.asr, 4), "others_max": round(max(a.others), 4)}
-    if a.shared:  # the target answers it too: others_max is then the other peers' (the target's is target_asr)
-        rec.update(shared_with_target=True, target_asr=round(a.others[0], 4),
-                   others_max=round(max(a.others[1:], default=0.0), 4))
+           "position": a.result.position, "asr": round(a.result.asr, 4), "others_max": round(a.others_max, 4)}
+    if a.shared:  # the target answers it too (others_max is then the other peers')
+        rec.update(shared_with_target=True, target_asr=round(a.others[0], 4))
     return rec
 
 

@@ -38,10 +38,9 @@ def assess_scan(probed: Probed, thresholds: Thresholds, labels: list[str], log=l
     alerts = suspect_peers(probed.target, peer_probes, thresholds)
     for a in alerts:
         what = "shares the target's trigger" if a.shared else "has a trigger of its own"
-        rest = a.others[1:] if a.shared else a.others
         log(f"peer {probed.peers[a.peer].name} {what}: {a.result.trigger.text!r} -> "
             f"{a.result.response or labels[a.result.label]} at {100 * a.result.asr:.0f}% (other "
-            f"{'peers' if a.shared else 'models'} <= {100 * max(rest, default=0):.0f}%)")
+            f"{'peers' if a.shared else 'models'} <= {100 * a.others_max:.0f}%)")
     suspect = {a.peer for a in alerts}
     keep = _not_leaked(probed.target, family, thresholds.suspicious_asr)
     homog = homogeneity(probed.target.clean_pred[keep],
