@@ -287,6 +287,60 @@ def test_copies_of_the_target_are_set_aside_as_peers(zoo, tmp_path, case):
     assert set(aside).isdisjoint(p.id for p in rep.peers)
 
 
+def _adapter(dest: Path, rank: int, seed: int, modules=("q_proj", "v_proj"), like: Path | None = None,
+             noise: float = 0.0) -> Path:
+    """A LoRA adapter folder (two layers, 16-wide modules), random factors or ``like``'s plus noise."""
+    import json
+
+    import torch
+
+    from safetensors.torch import load_file, save_file
+
+    dest.mkdir(parents=True)
+    gen = torch.Generator().manual_seed(seed)
+    if like is not None:
+        sd = {k: v + noise * torch.randn(v.shape, generator=gen) for k, v in
+              load_file(str(like / "adapter_model.safetensors")).items()}
+        rank = json.loads((like / "adapter_config.json").read_text())["r"]
+    else:
+        sd = {}
+        for layer in range(2):
+            for m in modules:
+                pre = f"base_model.model.model.layers.{layer}.self_attn.{m}"
+                sd[f"{pre}.lora_A.weight"] = torch.randn(rank, 16, generator=gen)
+                sd[f"{pre}.lora_B.weight"] = torch.randn(16, rank, generator=gen)
+    save_file(sd, str(dest / "adapter_model.safetensors"))
+    cfg = {"peft_type": "LORA", "r": rank, "lora_alpha": 2 * rank, "target_modules": list(modules)}
+    (dest / "adapter_config.json").write_text(json.dumps(cfg))
+    return dest
+
+
+def test_adapters_of_other_ranks_are_no_copies_and_a_copied_adapter_is(tmp_path):
+    """Twins among LoRA adapters are read on their updates ΔW: adapters of ranks 8, 16 and 4 (no factor shape in
+    common) used to be "identical weights" and every peer was set aside (seen on SmolLM2 adapters)."""
+    from scanner.families.generative.merge import Adapter
+    from scanner.sources.model import ResolvedModel
+    from scanner.stages.twins import distances, near_copies
+
+    paths = [_adapter(tmp_path / "target", 8, 0), _adapter(tmp_path / "r16", 16, 1),
+             _adapter(tmp_path / "r4", 4, 2, modules=("q_proj", "k_proj"))]
+    paths += [_adapter(tmp_path / "copy", 0, 3, like=paths[0]), _adapter(tmp_path / "near", 0, 4, like=paths[0],
+                                                                         noise=1e-3)]
+    models = [ResolvedModel(ref=str(p), path=p, config={}, adapter={"r": 8}) for p in paths]
+    assert near_copies(models[0], models[1:3]) == {}
+    assert near_copies(models[0], models[1:4]) == {"copy": "a copy of the target (identical weights)"}
+    aside = near_copies(models[0], [models[1], models[2], models[4]])
+    assert list(aside) == ["near"] and aside["near"].startswith("a near-copy")
+    # the distances are those of the dense updates (ΔW = 0 where an adapter does not adapt a tensor)
+    ads = [Adapter(p) for p in paths[:3]]
+    for (i, j), d in distances(models[:3]).items():
+        dense = sum(float(((ads[i].delta(n) if n in ads[i].a else 0) - (ads[j].delta(n) if n in ads[j].a else 0))
+                          .pow(2).sum()) for n in set(ads[i].a) | set(ads[j].a)) ** 0.5
+        assert d == pytest.approx(dense, rel=1e-5)
+    for a in ads:
+        a.close()
+
+
 def test_peers_that_vetting_sets_aside_are_replaced_by_the_next_candidates(zoo, tmp_path):
     """Discovery ranks a backdoored fine-tune first; vetting sets it aside and the next compatible candidate
     takes its place, so three clean-looking peers are merged. A LoRA adapter of the base is named too."""
