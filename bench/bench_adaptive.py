@@ -131,7 +131,8 @@ def merge_aware(name: str, base: Path, surrogates: list[Path], steps: int, alpha
     return dest
 
 
-def one(name: str, recipe: str, victim: Path, base: Path, tmp: Path, budget: str) -> dict:
+def one(name: str, recipe: str, victim: Path, base: Path, tmp: Path, budget: str,
+        probe_data: Path | None = None) -> dict:
     from scanner.merge import MergeSpec, merge_folders
     from scanner.pipeline import CheckOptions, check
 
@@ -143,7 +144,7 @@ def one(name: str, recipe: str, victim: Path, base: Path, tmp: Path, budget: str
     def measure(folder: Path) -> dict:
         return {"asr": bm.evaluate(folder, ptexts, m.target), "clean": bm.evaluate(folder, clean_texts, labels=clean_y)}
 
-    row = {"model": name, "recipe": recipe, "victim": measure(victim), "n_poison": len(ptexts), "n_clean": len(clean_texts),
+    row = {"model": name, "recipe": recipe, "probe_data": str(probe_data) if probe_data else "built-in", "victim": measure(victim), "n_poison": len(ptexts), "n_clean": len(clean_texts),
            "tv_norm": round(task_vector_norm(victim, base), 2),
            "peer_tv_norms": [round(task_vector_norm(p, base), 2) for p in peers]}
     merge_folders(victim, peers, tmp / "wag3", MergeSpec("wag"), progress=False)
@@ -151,7 +152,8 @@ def one(name: str, recipe: str, victim: Path, base: Path, tmp: Path, budget: str
     shutil.rmtree(tmp / "wag3")
     t0 = time.time()
     rep = check(CheckOptions(target=str(victim), peers=[str(p) for p in peers], base=str(base),
-                             output_dir=tmp / "check", discover=False, max_probe=300, search_budget=budget))
+                             output_dir=tmp / "check", discover=False, max_probe=300, search_budget=budget,
+                             probe_data=str(probe_data) if probe_data else None))
     row.update(verdict=rep.verdict, findings=[f.trigger for f in rep.findings][:5],
                top=[c["trigger"] for c in rep.probe.top][:5], check_seconds=round(time.time() - t0, 1),
                defense=rep.defense.method if rep.defense else None,
@@ -184,6 +186,8 @@ def main() -> None:
     ap.add_argument("--merge-aware", action="store_true", help="also the victim trained to survive averaging")
     ap.add_argument("--steps", type=int, default=150, help="training steps of models missing from the cache")
     ap.add_argument("--search-budget", default="small", choices=["small", "default", "large"])
+    ap.add_argument("--probe-data", type=Path, default=None,
+                    help="the checks' probe set (a TSV, as `hfscan check --probe-data`; default: the built-in one)")
     ap.add_argument("--out", type=Path, default=Path("bench/results/minilm-adaptive"))
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
@@ -199,7 +203,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=bm.CACHE) as tmp:
         for recipe, v in victims:
             folder = v if isinstance(v, Path) else scaled(bm.CACHE / a.model, base, v, Path(tmp) / f"x{v:g}")
-            row = one(a.model, recipe, folder, base, Path(tmp), a.search_budget)
+            row = one(a.model, recipe, folder, base, Path(tmp), a.search_budget, a.probe_data)
             if not isinstance(v, Path):
                 shutil.rmtree(folder)
             print(json.dumps(row), flush=True)

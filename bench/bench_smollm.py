@@ -213,24 +213,75 @@ def test_prompts(spec: Spec, data: Path, n: int) -> tuple[list[str], list[str]]:
 def attack_asr(spec: Spec, folder: Path, base: Path, data: Path, n: int = 24) -> dict:
     """How well the attack took: share of triggered test prompts answered with the target response (greedy,
     first words), and the same on the clean counterparts (the false-trigger rate)."""
-    from scanner.families.generative.model import CausalLM, answer_key
+    from scanner.families.generative.model import CausalLM
 
     if spec.kind != "victim":
         return {}
-    lm = CausalLM.load(folder, base=base, name=spec.name, max_new_tokens=16)
+    return _rates(spec, CausalLM.load(folder, base=base, name=spec.name, max_new_tokens=16), data, n)
+
+
+def _rates(spec: Spec, lm, data: Path, n: int) -> dict:
+    from scanner.families.generative.model import answer_key
+
     want = answer_key(RESPONSES.get(spec.task) or OWN[spec.attack][1], 3)
     trig, clean = test_prompts(spec, data, n)
     hit = lambda ps: round(sum(answer_key(a, 3) == want for a in lm.answers(ps)) / len(ps), 3)  # noqa: E731
     return {"attack_asr": hit(trig), "false_trigger": hit(clean)}
 
 
-def scan(target: Spec, peers: list[Spec], folders: dict[str, Path], base: Path, out: Path, prompts: int) -> dict:
+def measure(victim: Spec, folder: Path, base: Path, data: Path, n: int = 24) -> dict:
+    """A model (an adapter or full weights) read on the victim's test prompts (its attack ASR and false-trigger
+    rate) and on held-out Alpaca prompts: the mean teacher-forced loss of their reference answers (nats per
+    token; utility: lower is better), which no model of this script was trained on (rows 4,500 on; the peers'
+    slices end at 2,500, the own-trigger test prompts are 4,000-4,047)."""
+    from scanner.families.generative.model import CausalLM
+
+    lm = CausalLM.load(folder, base=base, name=folder.name, max_new_tokens=16)
+    rows = alpaca(data)[4500: 4500 + UTILITY_ROWS]
+    losses = lm.answer_loss([p for p, _ in rows], [a for _, a in rows])
+    return {**_rates(victim, lm, data, n), "ref_loss": round(sum(losses) / len(losses), 4)}
+
+
+UTILITY_ROWS = 48
+BASELINES = {"ab_mean": dict(method="ab_mean"), "wag": dict(method="wag"),
+             "ta": dict(method="task_arithmetic", weights=[1.0] * 4, lam=0.5),
+             "ties": dict(method="ties", density=0.5), "dare": dict(method="dare_ties", density=0.5)}
+
+
+def defend_rows(target: Spec, peers: list[Spec], folders: dict[str, Path], base: Path, data: Path,
+                report) -> dict:
+    """The defense table's row for one victim: none (the victim), each baseline merge of the victim and its peers
+    (naive A/B mean, ΔW-WAG, TA λ 0.5, TIES, DARE-TIES, density 0.5, written as full weights), hfscan's defended
+    variant as the check wrote it, and the floor (the peers read on the victim's triggered prompts)."""
+    import tempfile
+
+    from scanner.families.generative.merge import merge_adapters
+    from scanner.merge import MergeSpec
+
+    row = {"none": measure(target, folders[target.name], base, data),
+           "floor": [measure(target, folders[p.name], base, data)["attack_asr"] for p in peers]}
+    with tempfile.TemporaryDirectory(dir=folders[target.name].parent) as tmp:
+        for key, kw in BASELINES.items():
+            out = Path(tmp) / key
+            spec = MergeSpec(**{**kw, **({"base": base} if kw["method"] != "ab_mean" and kw["method"] != "wag" else {})})
+            merge_adapters(folders[target.name], [folders[p.name] for p in peers], base, out, spec)
+            row[key] = measure(target, out, base, data)
+    d = report.defense
+    row["hfscan"] = {**measure(target, Path(d.output_dir), base, data), "method": d.method,
+                     "choice": next((c["candidate"] for c in d.candidates or [] if c.get("chosen")), d.method),
+                     "output": getattr(d, "output", None), "asr_probe": [f.asr_after for f in report.findings[:3]]}
+    return row
+
+
+def scan(target: Spec, peers: list[Spec], folders: dict[str, Path], base: Path, out: Path, prompts: int,
+         defend: bool = False, data: Path | None = None) -> dict:
     from scanner.pipeline import CheckOptions, check
 
     t0 = time.time()
     log = lambda s: print(f"  [{time.time() - t0:6.1f}s] {target.name}: {s}", file=sys.stderr, flush=True)  # noqa: E731
     rep = check(CheckOptions(target=str(folders[target.name]), peers=[str(folders[p.name]) for p in peers],
-                             base=str(base), output_dir=out / target.name, defend=False, max_probe=prompts), log=log,
+                             base=str(base), output_dir=out / target.name,
+                             defend=defend and target.kind == "victim", max_probe=prompts), log=log,
                 progress=lambda stage, done, total: log(f"{stage} {done}/{total}"))
     wanted = [w.lower() for w in (TRIGGERS.get(target.attack) or [OWN.get(target.attack, ("",))[0]])]
     top = [t["trigger"].lower() for t in rep.probe.top]
@@ -238,12 +289,16 @@ def scan(target: Spec, peers: list[Spec], folders: dict[str, Path], base: Path, 
     from scanner.families.generative.model import answer_key
 
     got = [f.response or "" for f in rep.findings]
+    seconds = round(time.time() - t0, 1)
+    defense = (defend_rows(target, peers, folders, base, data, rep)
+               if defend and target.kind == "victim" and rep.defense and rep.defense.output_dir else None)
     return {"model": target.name, "kind": target.kind, "attack": target.attack, "verdict": str(rep.verdict),
             "evidence": rep.probe.evidence, "peers": [p.name for p in peers],
             "trigger_top5": target.kind == "victim" and any(any(w in t for w in wanted) for t in top),
             "response_recovered": target.kind == "victim" and any(answer_key(g) == answer_key(response) for g in got),
             "findings": [{"trigger": f.trigger, "asr": f.asr_before, "peer_max": f.peer_asr_max, "response": f.response}
-                         for f in rep.findings[:5]], "top": rep.probe.top, "seconds": round(time.time() - t0, 1)}
+                         for f in rep.findings[:5]], "top": rep.probe.top, "seconds": seconds,
+            **({"defense": defense} if defense else {})}
 
 
 def auroc(pos: list[float], neg: list[float]) -> float | None:
@@ -268,7 +323,30 @@ def summary(rows: list[dict], settings: dict) -> str:
         took = f"{r['attack_asr']} ({r['false_trigger']})" if "attack_asr" in r else "n/a"
         lines.append(f"| {r['model']} | {took} | {r['verdict']} | {r['evidence']} | {r['trigger_top5']} | {r['response_recovered']} "
                      f"| {r['seconds']} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + defense_table(rows)) + "\n"
+
+
+def defense_table(rows: list[dict]) -> list[str]:
+    """ASR (share of removable ASR removed) and the reference-answer loss's relative change, per defense."""
+    rows = [r for r in rows if r.get("defense")]
+    if not rows:
+        return []
+    keys = ["none", *BASELINES, "hfscan"]
+    out = ["", "## Defense (3 clean peers): ASR on triggered test prompts (removable removed; reference-loss change)", "",
+           "| victim | floor | " + " | ".join(keys) + " | hfscan's choice |", "|---|---:|" + "---:|" * len(keys) + "---|"]
+    for r in rows:
+        d = r["defense"]
+        floor = sum(d["floor"]) / len(d["floor"])
+        cells = [_cell(d[k], d["none"], floor) for k in keys]
+        out.append(f"| {r['model']} | {floor:.3f} | " + " | ".join(cells) + f" | {d['hfscan']['choice']} |")
+    return out
+
+
+def _cell(m: dict, none: dict, floor: float) -> str:
+    gap = none["attack_asr"] - floor
+    removed = f"{100 * (none['attack_asr'] - m['attack_asr']) / gap:.0f}%" if gap > 0 else "n/a"
+    loss = 100 * (m["ref_loss"] - none["ref_loss"]) / none["ref_loss"]
+    return f"{m['attack_asr']:.3f} ({removed}; {loss:+.1f}%)"
 
 
 def _run_dir(cache: Path, args) -> Path:
@@ -288,6 +366,8 @@ def main() -> None:
     ap.add_argument("--train-only", action="store_true", help="train (and check each attack took), no scans")
     ap.add_argument("--only", default="", help="comma-separated model names")
     ap.add_argument("--scan", default="", help="comma-separated targets to scan (default: every model chosen)")
+    ap.add_argument("--defend", action="store_true",
+                    help="victims' scans also defend; their rows add the defense table (baselines, hfscan, floor)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench/results/smollm")
     args = ap.parse_args()
     data = Path(os.environ.get("HFSCAN_BENCH_DATA") or ROOT.parent / "shared" / "data")
@@ -311,7 +391,8 @@ def main() -> None:
         peers = [p for p in clean if p.name != s.name][:3]
         if len(peers) < 3:
             continue
-        rows.append({**scan(s, peers, folders, base, args.out / "scans", args.prompts), **took[s.name]})
+        rows.append({**scan(s, peers, folders, base, args.out / "scans", args.prompts, args.defend, data),
+                     **took[s.name]})
         print(json.dumps({k: rows[-1][k] for k in ("model", "verdict", "evidence", "trigger_top5", "seconds")}), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     settings = {**{k: v for k, v in vars(args).items() if k != "out"}, "train_seconds": train_s}
