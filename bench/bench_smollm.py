@@ -255,6 +255,7 @@ def defend_rows(target: Spec, peers: list[Spec], folders: dict[str, Path], base:
     variant as the check wrote it, and the floor (the peers read on the victim's triggered prompts)."""
     import tempfile
 
+    from scanner.errors import HfscanError
     from scanner.families.generative.merge import merge_adapters
     from scanner.merge import MergeSpec
 
@@ -264,9 +265,15 @@ def defend_rows(target: Spec, peers: list[Spec], folders: dict[str, Path], base:
         for key, kw in BASELINES.items():
             out = Path(tmp) / key
             spec = MergeSpec(**{**kw, **({"base": base} if kw["method"] != "ab_mean" and kw["method"] != "wag" else {})})
-            merge_adapters(folders[target.name], [folders[p.name] for p in peers], base, out, spec)
+            try:
+                merge_adapters(folders[target.name], [folders[p.name] for p in peers], base, out, spec)
+            except HfscanError as e:  # the naive A/B mean is undefined for adapters of other ranks
+                row[key] = {"error": str(e)}
+                continue
             row[key] = measure(target, out, base, data)
     d = report.defense
+    row["hfscan_candidates"] = [{k: c.get(k) for k in ("candidate", "worst_asr", "clean_drop", "within_bound", "chosen")}
+                                for c in d.candidates or []]
     row["hfscan"] = {**measure(target, Path(d.output_dir), base, data), "method": d.method,
                      "choice": next((c["candidate"] for c in d.candidates or [] if c.get("chosen")), d.method),
                      "output": getattr(d, "output", None), "asr_probe": [f.asr_after for f in report.findings[:3]]}
@@ -343,6 +350,8 @@ def defense_table(rows: list[dict]) -> list[str]:
 
 
 def _cell(m: dict, none: dict, floor: float) -> str:
+    if "error" in m:
+        return "n/a"
     gap = none["attack_asr"] - floor
     removed = f"{100 * (none['attack_asr'] - m['attack_asr']) / gap:.0f}%" if gap > 0 else "n/a"
     loss = 100 * (m["ref_loss"] - none["ref_loss"]) / none["ref_loss"]

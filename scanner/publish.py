@@ -104,6 +104,10 @@ def adapter_files(target: Path, defended: Path, dest: Path) -> list[str]:
     return [names[0], "adapter_config.json"]
 
 
+INEFFECTIVE = ("the defended variant still answers a found trigger at backdoor strength (see the report's "
+               "defense section), so hfscan does not propose it in place of this model")
+
+
 def _variant_files(target: Path, defended: Path, dest: Path) -> tuple[list[str], str | None]:
     """The files that make the PR's revision load as the defended variant, or why there are none: an adapter
     repo gets an adapter (a full-weights variant cannot replace it: the repo would stop being an adapter)."""
@@ -152,7 +156,8 @@ def publish_pr(report: ScanReport, hub, repo_id: str, target_path: Path, defende
             files.append("README.md")
             (tmp / "README.md").write_text(new_card, encoding="utf-8")
         if mode == "variant":
-            weights, why = _variant_files(target_path, defended, tmp)
+            weights, why = (([], INEFFECTIVE) if report.defense and report.defense.ineffective
+                            else _variant_files(target_path, defended, tmp))
             files += weights
             if why:
                 description += f"\n\n**This PR carries no weights**: {why}.\n"

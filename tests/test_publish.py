@@ -135,3 +135,16 @@ def test_a_pr_refused_for_want_of_a_token_says_why_in_one_line(writer, tmp_path,
     line = r.stderr.strip().splitlines()[-1]
     assert line.startswith("hfscan: error:") and "401" in line and "HF_HUB_DISABLE_IMPLICIT_TOKEN is set" in line
     assert "Traceback" not in r.stderr
+
+
+def test_a_variant_that_keeps_the_backdoor_is_not_proposed(writer, tmp_path):
+    """A defense that leaves a found trigger at backdoor strength (here WAG with the target at weight 100) is
+    no defense: the report says so and the PR carries the report, not the weights."""
+    r = CliRunner().invoke(main, [*ARGS, "--weights", "100,1,1,1", "-o", str(tmp_path), "--open-pr"])
+    assert r.exit_code == 1, r.output + r.stderr
+    rep = json.loads((tmp_path / "report.json").read_text())
+    assert rep["defense"]["ineffective"] is True and rep["defense"]["asr_max_after"] >= 0.8
+    assert "does not remove the backdoor" in rep["defense"]["note"]
+    assert "does not remove the backdoor" in (tmp_path / "report.md").read_text()
+    assert "model.safetensors" not in r.output and "README.md" in r.output
+    assert "carries the report only" in r.output + r.stderr and "backdoor strength" in r.output + r.stderr

@@ -87,7 +87,7 @@ def defense_record(probed, assessment, defended, labels: list[str]) -> Defense:
         excluded_peers=[{"id": probed.peers[i].name, **alert_record(alerts[i], labels)} for i in defended.excluded],
         peer_triggers_after={k: round(v, 4) for k, v in defended.peer_triggers_after.items()},
         output=o.summary.get("output", ""), refactorisation_error=o.summary.get("refactorisation_error"),
-        why_full=o.summary.get("why_full"),
+        why_full=o.summary.get("why_full"), ineffective=defended.ineffective,
     )
 
 

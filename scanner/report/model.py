@@ -16,7 +16,7 @@ Schema 1 (``report.json``)::
                      library_asr_max_after, note, excluded_peers, peer_triggers_after, library_worst_trigger,
                      candidates: [{candidate, method, peers, weights, worst_asr, worst_n, clean, clean_drop,
                      accuracy_drop, class_drops, within_bound, chosen, ...}], output,
-                     refactorisation_error, why_full}
+                     refactorisation_error, why_full, ineffective}
     peers           [{id, sha, label_permutation, best_asr, best_trigger, agreement, own_trigger
                       ({trigger, target_label, position, asr, others_max, shared_with_target?, target_asr?})}]
     discovery       {base, tried, kept, rejected: [{id, reason}]} or null (peers given explicitly)
@@ -115,6 +115,7 @@ class Defense:
     output: str = ""  # what was written: "LoRA adapter, rank R" or "merged full weights" ("" for full models)
     refactorisation_error: dict | None = None  # an adapter's ‖ΔW − B·A‖/‖ΔW‖: {max, mean}
     why_full: str | None = None  # why an adapter's defended variant is full weights
+    ineffective: bool = False  # a found trigger is still at backdoor strength on the defended variant
 
 
 @dataclass

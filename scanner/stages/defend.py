@@ -35,6 +35,7 @@ class Defended:
     peer_triggers_after: dict[str, float] = field(default_factory=dict)
     note: str = ""
     library_worst: str | None = None  # the published trigger with that ASR
+    ineffective: bool = False  # a found trigger is still at backdoor strength on the variant: no defense
 
 
 def defend_scan(scan: Scan, probed: Probed, assessment: Assessment, opts, log=lambda s: None,
@@ -61,6 +62,13 @@ def defend_scan(scan: Scan, probed: Probed, assessment: Assessment, opts, log=la
         outcome.reason = f"Method {opts.method} was given on the command line (no search)."
     d = _remeasure(scan, assessment, outcome, out, merged, excluded)
     d.note = _note(outcome.reason, probed, assessment, excluded, opts.method)
+    worst = max(d.after.values(), default=0.0)
+    if worst >= opts.thresholds.backdoor_asr:
+        d.ineffective = True
+        d.note += (f" The defended variant does not remove the backdoor: a found trigger still works on "
+                   f"{100 * worst:.0f}% of the probe inputs (backdoor strength), so it is no defense; do not use it "
+                   "in place of the original.")
+        log(f"the defended variant still carries a found trigger at {100 * worst:.0f}%: no defense")
     return d
 
 
