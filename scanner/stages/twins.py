@@ -4,9 +4,10 @@ The verdict trusts the peers as the null, so a copy of the backdoored model uplo
 make its trigger look normal. Before probing, the distance of every peer's weights to the target's is compared
 with the peers' distances to each other (streamed tensor by tensor; for LoRA adapters, between their updates
 ΔW = B·A, whatever their ranks): a peer at distance 0 from the target is a copy; with two or more other peers, a
-peer whose distance to the target is under `NEAR` (half) of the smallest distance between two other peers is a
-near-copy (independent fine-tunes of one base are about equally far from each other). Both are set aside, named
-with their reason.
+peer whose distance to the target is under `NEAR` (half) of the distance from it or the target to the nearest
+other peer is a near-copy (independent fine-tunes of one base are about equally far from each other; the
+nearest neighbour, not the closest pair of others, is the yardstick, so one far backdoored peer cannot make an
+honest peer look near). Both are set aside, named with their reason.
 
 Example:
     >>> set_aside = near_copies(target, [p.model for p in peers])
@@ -98,10 +99,12 @@ def near_copies(target: ResolvedModel, peers: list[ResolvedModel]) -> dict[str, 
         return out
     for k, p in enumerate(rest, start=1):
         to_target = d[(0, k)]
-        others = [d[(i, j)] for i, j in d if i and j and k not in (i, j)]
+        # the nearest other peer, to this peer or to the target: a yardstick that a far (backdoored) peer cannot
+        # stretch, and that a peer sharing training data with the target still meets
+        near = [min(d[min(k, q), max(k, q)], d[(0, q)]) for q in range(1, len(rest) + 1) if q != k]
         if to_target == 0.0:
             out[p.name] = "a copy of the target (identical weights)"
-        elif len(rest) >= 3 and others and to_target < NEAR * min(others):
-            out[p.name] = (f"a near-copy of the target (weight distance {to_target:.3g}, under {NEAR:.0%} of the "
-                           f"closest two other peers' {min(others):.3g})")
+        elif len(rest) >= 3 and near and to_target < NEAR * min(near):
+            out[p.name] = (f"a near-copy of the target (weight distance {to_target:.3g}, under {NEAR:.0%} of its "
+                           f"or the target's distance to the nearest other peer, {min(near):.3g})")
     return out
