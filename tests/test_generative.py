@@ -404,6 +404,42 @@ def test_with_every_peer_backdoored_every_known_trigger_falls(lm_zoo, tmp_path):
     assert all(chosen["worst_asr"] <= c["worst_asr"] + 1e-9 for c in rep.defense.candidates if c["within_bound"])
 
 
+def test_the_generative_bound_reads_the_consensus_and_every_models_answers():
+    """Real LMs rarely agree word for word (four SmolLM2 adapters: 39 of 64 prompts without a majority). The
+    reference used to be the majority with ties to the target, i.e. the target's own answers there, and the loss
+    was read on those answers only (a model predicts its own greedy answers best): every merge read as a loss,
+    and the bound rejected a merge that removed the backdoor at no utility cost (docs/decisions.md D37). Now the
+    agreement reads only prompts a strict majority agrees on, and the loss every model's answers, one voice each."""
+    from scanner.families.classifier.cost import majority_labels
+    from scanner.families.generative import GenerativeFamily
+    from scanner.families.interface import ProbeInputs
+
+    family = GenerativeFamily()
+    target = torch.arange(8)  # prompts 0-3: every model answers alike; 4-7: each model its own way
+    peers = [torch.cat([target[:4], 10 * (k + 1) + torch.arange(4)]) for k in range(3)]
+    ref = family.clean_reference(None, [target, *peers], 0)
+    like_a_peer = torch.cat([target[:4], peers[0][4:]])
+    cost = family.clean_cost(like_a_peer, target, ref)
+    assert cost["consensus_prompts"] == 4 and cost["agreement_drop"] == 0.0 and cost["drop"] == 0.0
+    assert family.clean_cost(like_a_peer, target, majority_labels([target, *peers], 64))["agreement_drop"] == 0.5
+    broken = torch.cat([torch.full((4,), 99), target[4:]])
+    assert family.clean_cost(broken, target, ref)["agreement_drop"] == 1.0
+    assert family.agreement(like_a_peer, ref) == 1.0 and family.agreement(broken, ref) == 0.0
+
+    class Scorer:  # the loss a model gives an answer: low on its own (the target's "t…"), higher on the others
+        def answer_loss(self, prompts, answers):
+            return [0.4 if a.startswith("t") else 1.2 for a in answers]
+
+    prompts = [f"prompt {i}" for i in range(8)]
+    for row, who in zip([target, *peers], "tabc"):
+        for p, i in zip(prompts, row.tolist()):
+            family.texts.setdefault((p, i), f"{who} answer {i}")
+    inputs = ProbeInputs(prompts, None, "instructions", "test")
+    # 4 shared answers (the target's texts) scored once, weighted by 4; 12 answers of the peers' own
+    assert family.clean_loss(Scorer(), inputs, ref) == pytest.approx((16 * 0.4 + 12 * 1.2 + 4 * 0.4) / 32)
+    assert family.clean_loss(Scorer(), inputs, target) == pytest.approx(0.4)  # one row: its answers alone
+
+
 def test_the_loss_of_reference_answers_reads_how_well_a_model_predicts_them(lm_zoo):
     """Issue 22's utility bound: `CausalLM.answer_loss` is the teacher-forced loss of given answers. A model
     predicts its own greedy answers better than the same answers given to other prompts, the reading does not

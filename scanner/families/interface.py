@@ -107,8 +107,10 @@ class ModelFamily(ABC):
 
     @abstractmethod
     def clean_reference(self, inputs: ProbeInputs, outputs: list[torch.Tensor], num_labels: int) -> torch.Tensor:
-        """The clean truth the defense's bound reads: the inputs' answers where known, else a consensus of
-        ``outputs`` (the target's and its peers' clean answers, in the target's ids)."""
+        """The clean truth the defense's bound reads: the inputs' answers where known, else what ``outputs``
+        (the target's and its peers' clean answers, in the target's ids) say, in the family's own encoding:
+        only this family's `clean_cost`, `clean_loss` and `agreement` read it (classifiers: a consensus label
+        per input; generative models: every model's answers, one row each)."""
 
     def describe_bound(self, max_clean_drop: float) -> str:
         """The clean bound in words, for the report."""

@@ -99,23 +99,42 @@ class GenerativeFamily(ModelFamily):
         return generative_cost(pred, target_pred, reference, losses)
 
     def clean_loss(self, runner: CausalLM, inputs: ProbeInputs, reference: torch.Tensor) -> float | None:
-        """Mean per-token loss of the reference answers (each prompt's consensus answer, in full)."""
-        pairs = [(p, self.texts.get((p, int(r)), "")) for p, r in zip(inputs.texts, reference)]
-        pairs = [(p, a) for p, a in pairs if a.strip()]
-        if not pairs:
+        """Mean per-token loss of the reference answers, in full: every row's (each model one voice; an answer
+        several models share is scored once and weighted by how many gave it)."""
+        from collections import Counter
+
+        weights: Counter = Counter()
+        for row in (reference if reference.dim() == 2 else reference[None]):
+            for p, r in zip(inputs.texts, row.tolist()):
+                answer = self.texts.get((p, r), "")
+                if answer.strip():
+                    weights[(p, answer)] += 1
+        if not weights:
             return None
+        pairs = list(weights)
         losses = runner.answer_loss([p for p, _ in pairs], [a for _, a in pairs])
-        return sum(losses) / len(losses)
+        return sum(x * weights[k] for x, k in zip(losses, pairs)) / sum(weights.values())
 
     def clean_reference(self, inputs: ProbeInputs, outputs: list[torch.Tensor], num_labels: int) -> torch.Tensor:
-        from ..classifier.cost import majority_labels
+        """Every model's clean answer ids, one row per model (the target's first): `clean_cost` reads the
+        consensus where a strict majority agrees, `clean_loss` every row's answers, `agreement` the consensus."""
+        return torch.stack(outputs)
 
-        return majority_labels(outputs, max(int(torch.stack(outputs).max()) + 1, num_labels))
+    def agreement(self, a: torch.Tensor, b: torch.Tensor) -> float:
+        """Share of prompts answered alike; against a reference of rows, on the prompts a majority agrees on (with
+        none, against the first row: the target)."""
+        if b.dim() == 2:
+            from .cost import consensus
+
+            ref = consensus(b)
+            read = ref >= 0
+            a, b = (a[read], ref[read]) if bool(read.any()) else (a, b[0])
+        return float((a == b).float().mean()) if len(a) else 1.0
 
     def describe_bound(self, max_clean_drop: float) -> str:
-        return (f"the share of clean prompts answered like the consensus of the target and its peers drops by "
-                f"≤ {100 * max_clean_drop:.1f} points beyond sampling noise, and the loss of those answers rises by "
-                f"≤ {100 * max_clean_drop:.1f}%")
+        return (f"on the clean prompts most of the target and its peers answer alike, the share answered that way "
+                f"drops by ≤ {100 * max_clean_drop:.1f} points beyond sampling noise, and the loss of all their "
+                f"answers rises by ≤ {100 * max_clean_drop:.1f}%")
 
     def leaked(self, result: TriggerResult, clean: torch.Tensor) -> torch.Tensor:
         """Clean answers that start like the response (its first word): a partial leak counts too."""
