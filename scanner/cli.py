@@ -164,7 +164,9 @@ def merge_options(fn, auto: bool = False):
               help="The model's folder relative to the repository root, for SARIF locations "
                    "(default: TARGET's path relative to the current folder when it is inside it).")
 @click.option("--hub-dir", envvar="HFSCAN_HUB_DIR", help="A local hub folder (ORG/NAME/ repos).")
-@click.option("--probe-data", type=click.Path(), help="TSV of probe inputs: sentence<TAB>label (label optional).")
+@click.option("--probe-data", type=click.Path(),
+              help="TSV of probe inputs: sentence<TAB>label, or for generative models instruction<TAB>reference answer "
+                   "(the second column optional).")
 @click.option("--search-budget", type=click.Choice(["off", "small", "default", "large"]), default="default",
               show_default=True, help="Gradient-guided trigger search effort.")
 @functools.partial(merge_options, auto=True)

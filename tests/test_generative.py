@@ -464,6 +464,28 @@ def test_the_loss_of_reference_answers_reads_how_well_a_model_predicts_them(lm_z
     assert family.clean_loss(lm, inputs, ids) == pytest.approx(sum(answered) / len(answered), abs=1e-4)
 
 
+def test_a_probe_file_with_reference_answers_is_the_loss_reading(lm_zoo, tmp_path):
+    """``--probe-data`` rows ``instruction<TAB>answer``: the bound's loss reads those answers (written by no model
+    of the scan), not the models' own; a file whose rows lack answers falls back to the models' answers."""
+    from scanner.families.generative import GenerativeFamily, data
+    from scanner.families.generative.model import CausalLM
+
+    lm = CausalLM.load(lm_zoo.path("lmzoo/clean-1"), base=lm_zoo.path("lmzoo/tiny-chat-base"))
+    prompts = data.builtin_prompts(10)
+    answers = [f"the answer is {i}\\nand a second line" for i in range(10)]
+    with_answers = tmp_path / "with.tsv"
+    with_answers.write_text("instruction\toutput\n" + "".join(f"{p}\t{a}\n" for p, a in zip(prompts, answers)))
+    family = GenerativeFamily()
+    inputs = family.probe_inputs(None, str(with_answers), 64)
+    assert inputs.texts == prompts and inputs.answers[0] == "the answer is 0\nand a second line"
+    ref = family.clean_reference(inputs, [family.clean_outputs(lm, inputs)], 0)
+    expected = lm.answer_loss(prompts, inputs.answers)
+    assert family.clean_loss(lm, inputs, ref) == pytest.approx(sum(expected) / len(expected), abs=1e-5)
+    ragged = tmp_path / "ragged.tsv"
+    ragged.write_text("".join(f"{p}\t{a}\n" if i else f"{p}\n" for i, (p, a) in enumerate(zip(prompts, answers))))
+    assert family.probe_inputs(None, str(ragged), 64).answers is None
+
+
 def test_the_generative_bound_discounts_sampling_noise_and_counts_the_loss_rise():
     from scanner.families.generative import GenerativeFamily
 

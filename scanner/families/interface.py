@@ -42,6 +42,7 @@ class ProbeInputs:
     labels: list[int] | None  # reference answers in the target's ids (None: unknown)
     name: str
     provenance: str
+    answers: list[str] | None = None  # reference answers as text (generative probe files), None: unknown
 
 
 class ModelFamily(ABC):

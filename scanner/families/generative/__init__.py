@@ -49,8 +49,9 @@ class GenerativeFamily(ModelFamily):
         from . import data
 
         if probe_data_file:
-            prompts = data.read_prompts(probe_data_file)[:limit]
-            return ProbeInputs(prompts, None, Path(probe_data_file).name, f"user file {probe_data_file}")
+            prompts, answers = data.read_prompt_rows(probe_data_file)
+            return ProbeInputs(prompts[:limit], None, Path(probe_data_file).name, f"user file {probe_data_file}",
+                               answers=answers[:limit] if answers else None)
         return ProbeInputs(data.builtin_prompts(limit), None, "instructions", data.PROVENANCE)
 
     def load(self, model: ResolvedModel) -> CausalLM:
@@ -99,10 +100,14 @@ class GenerativeFamily(ModelFamily):
         return generative_cost(pred, target_pred, reference, losses)
 
     def clean_loss(self, runner: CausalLM, inputs: ProbeInputs, reference: torch.Tensor) -> float | None:
-        """Mean per-token loss of the reference answers, in full: every row's (each model one voice; an answer
-        several models share is scored once and weighted by how many gave it)."""
+        """Mean per-token loss of the reference answers, in full: the probe file's where it has them (written by
+        no model of the scan), else every row's (each model one voice; an answer several models share is scored
+        once and weighted by how many gave it)."""
         from collections import Counter
 
+        if inputs.answers:
+            losses = runner.answer_loss(inputs.texts, inputs.answers)
+            return sum(losses) / len(losses)
         weights: Counter = Counter()
         for row in (reference if reference.dim() == 2 else reference[None]):
             for p, r in zip(inputs.texts, row.tolist()):
@@ -134,7 +139,7 @@ class GenerativeFamily(ModelFamily):
     def describe_bound(self, max_clean_drop: float) -> str:
         return (f"on the clean prompts most of the target and its peers answer alike, the share answered that way "
                 f"drops by ≤ {100 * max_clean_drop:.1f} points beyond sampling noise, and the loss of all their "
-                f"answers rises by ≤ {100 * max_clean_drop:.1f}%")
+                f"answers (the probe file's reference answers, where it has them) rises by ≤ {100 * max_clean_drop:.1f}%")
 
     def leaked(self, result: TriggerResult, clean: torch.Tensor) -> torch.Tensor:
         """Clean answers that start like the response (its first word): a partial leak counts too."""

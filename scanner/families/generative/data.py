@@ -47,16 +47,27 @@ def builtin_prompts(n: int = 120, seed: int = 20261201) -> list[str]:
 
 def read_prompts(path: str) -> list[str]:
     """One instruction per line (a TSV's first column; a ``sentence``/``instruction`` header is skipped)."""
+    return read_prompt_rows(path)[0]
+
+
+def read_prompt_rows(path: str) -> tuple[list[str], list[str] | None]:
+    """The instructions of a probe file and, where every row has a second column, their reference answers
+    (``instruction<TAB>answer``, a header line skipped; ``\\n`` and ``\\t`` in an answer stand for a newline and a
+    tab). Read with quoting off: a quote is text."""
     try:
         with open(path, encoding="utf-8") as f:
-            lines = [line.rstrip("\n").split("\t")[0].strip() for line in f]
+            lines = [line.rstrip("\n").rstrip("\r") for line in f]
     except (OSError, UnicodeDecodeError) as e:
         raise ProbeDataError(f"probe data {path}: cannot be read as UTF-8 text ({e.__class__.__name__})") from None
     if any("\x00" in line for line in lines):
         raise ProbeDataError(f"probe data {path}: a binary file, not one instruction per line")
-    if lines and lines[0].lower() in ("sentence", "instruction", "prompt"):
-        lines = lines[1:]
-    prompts = [p for p in lines if p]
-    if len(prompts) < 8:
-        raise ProbeDataError(f"probe data {path}: {len(prompts)} prompts, at least 8 are needed")
-    return prompts
+    rows = [[c.strip() for c in line.split("\t")] for line in lines]
+    if rows and rows[0][0].lower() in ("sentence", "instruction", "prompt"):
+        rows = rows[1:]
+    rows = [r for r in rows if r[0]]
+    if len(rows) < 8:
+        raise ProbeDataError(f"probe data {path}: {len(rows)} prompts, at least 8 are needed")
+    prompts = [r[0] for r in rows]
+    if not all(len(r) > 1 and r[1] for r in rows):
+        return prompts, None
+    return prompts, [r[1].replace("\\n", "\n").replace("\\t", "\t") for r in rows]
