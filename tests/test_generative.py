@@ -462,6 +462,10 @@ def test_the_loss_of_reference_answers_reads_how_well_a_model_predicts_them(lm_z
     ids = family.clean_outputs(lm, inputs)
     answered = [x for x, a in zip(mine, own) if a.strip()]  # an empty answer has no tokens to score
     assert family.clean_loss(lm, inputs, ids) == pytest.approx(sum(answered) / len(answered), abs=1e-4)
+    # a model only probed (a peer) has its answers' texts recorded too: the bound reads them, not only the target's
+    probed = GenerativeFamily()
+    row = probed.probe(lm, inputs, [], "clean-1").clean_pred
+    assert probed.clean_loss(lm, inputs, row) == pytest.approx(sum(answered) / len(answered), abs=1e-4)
 
 
 def test_a_probe_file_with_reference_answers_is_the_loss_reading(lm_zoo, tmp_path):

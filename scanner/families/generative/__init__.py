@@ -79,6 +79,7 @@ class GenerativeFamily(ModelFamily):
     def probe(self, runner: CausalLM, inputs: ProbeInputs, candidates: list[Trigger], name: str) -> ProbeResult:
         from .probe import keys_to_ids, probe_lm
 
+        self.clean_outputs(runner, inputs)  # records the full clean answers the bound reads (cached: no new generation)
         return probe_lm(runner, inputs.texts, candidates, lambda keys: keys_to_ids(self.vocab, keys), name=name)
 
     def remeasure(self, runner: CausalLM, inputs: ProbeInputs, result: TriggerResult,
