@@ -229,52 +229,65 @@ def _rates(spec: Spec, lm, data: Path, n: int) -> dict:
     return {"attack_asr": hit(trig), "false_trigger": hit(clean)}
 
 
-def measure(victim: Spec, folder: Path, base: Path, data: Path, n: int = 24) -> dict:
+def measure(victim: Spec, folder: Path, base: Path, data: Path, others: list[Spec] = (), n: int = 24) -> dict:
     """A model (an adapter or full weights) read on the victim's test prompts (its attack ASR and false-trigger
-    rate) and on held-out Alpaca prompts: the mean teacher-forced loss of their reference answers (nats per
-    token; utility: lower is better), which no model of this script was trained on (rows 4,500 on; the peers'
-    slices end at 2,500, the own-trigger test prompts are 4,000-4,047)."""
+    rate), on each of ``others``' (backdoored peers: ``other_asr``, their attack ASR) and on held-out Alpaca
+    prompts: the mean teacher-forced loss of their reference answers (nats per token; utility: lower is better),
+    which no model of this script was trained on (rows 4,500 on; the peers' slices end at 2,500, the
+    own-trigger test prompts are 4,000-4,047)."""
     from scanner.families.generative.model import CausalLM
 
     lm = CausalLM.load(folder, base=base, name=folder.name, max_new_tokens=16)
     rows = alpaca(data)[4500: 4500 + UTILITY_ROWS]
     losses = lm.answer_loss([p for p, _ in rows], [a for _, a in rows])
-    return {**_rates(victim, lm, data, n), "ref_loss": round(sum(losses) / len(losses), 4)}
+    out = {**_rates(victim, lm, data, n), "ref_loss": round(sum(losses) / len(losses), 4)}
+    if others:
+        out["other_asr"] = {o.name: _rates(o, lm, data, n)["attack_asr"] for o in others}
+    return out
 
 
 UTILITY_ROWS = 48
-BASELINES = {"ab_mean": dict(method="ab_mean"), "wag": dict(method="wag"),
-             "ta": dict(method="task_arithmetic", weights=[1.0] * 4, lam=0.5),
-             "ties": dict(method="ties", density=0.5), "dare": dict(method="dare_ties", density=0.5)}
+BASELINES = ("ab_mean", "wag", "ta", "ties", "dare", "switch")
+
+
+def baseline_specs(n_models: int, base: Path, target: Path) -> dict:
+    """The baseline merges of the defense table: naive A/B mean, ΔW-WAG, TA λ 0.5, TIES and DARE-TIES (density
+    0.5), and module switching (MSD's assignment, shift 0)."""
+    from scanner.merge import MergeSpec
+    from scanner.merge.switching import layers_of, switching_spec
+
+    return {"ab_mean": MergeSpec("ab_mean"), "wag": MergeSpec("wag"),
+            "ta": MergeSpec("task_arithmetic", weights=[1.0] * n_models, lam=0.5, base=base),
+            "ties": MergeSpec("ties", density=0.5, base=base), "dare": MergeSpec("dare_ties", density=0.5, base=base),
+            "switch": switching_spec(n_models, layers_of(target))}
 
 
 def defend_rows(target: Spec, peers: list[Spec], folders: dict[str, Path], base: Path, data: Path,
                 report) -> dict:
     """The defense table's row for one victim: none (the victim), each baseline merge of the victim and its peers
-    (naive A/B mean, ΔW-WAG, TA λ 0.5, TIES, DARE-TIES, density 0.5, written as full weights), hfscan's defended
+    (`baseline_specs`, written as full weights), hfscan's defended
     variant as the check wrote it, and the floor (the peers read on the victim's triggered prompts)."""
     import tempfile
 
     from scanner.errors import HfscanError
     from scanner.families.generative.merge import merge_adapters
-    from scanner.merge import MergeSpec
 
-    row = {"none": measure(target, folders[target.name], base, data),
+    victims = [p for p in peers if p.kind == "victim"]  # every-peer-backdoored: their attacks are read too
+    row = {"none": measure(target, folders[target.name], base, data, victims),
            "floor": [measure(target, folders[p.name], base, data)["attack_asr"] for p in peers]}
     with tempfile.TemporaryDirectory(dir=folders[target.name].parent) as tmp:
-        for key, kw in BASELINES.items():
+        for key, spec in baseline_specs(len(peers) + 1, base, folders[target.name]).items():
             out = Path(tmp) / key
-            spec = MergeSpec(**{**kw, **({"base": base} if kw["method"] != "ab_mean" and kw["method"] != "wag" else {})})
             try:
                 merge_adapters(folders[target.name], [folders[p.name] for p in peers], base, out, spec)
             except HfscanError as e:  # the naive A/B mean is undefined for adapters of other ranks
                 row[key] = {"error": str(e)}
                 continue
-            row[key] = measure(target, out, base, data)
+            row[key] = measure(target, out, base, data, victims)
     d = report.defense
     row["hfscan_candidates"] = [{k: c.get(k) for k in ("candidate", "worst_asr", "clean_drop", "within_bound", "chosen")}
                                 for c in d.candidates or []]
-    row["hfscan"] = {**measure(target, Path(d.output_dir), base, data), "method": d.method,
+    row["hfscan"] = {**measure(target, Path(d.output_dir), base, data, victims), "method": d.method,
                      "choice": next((c["candidate"] for c in d.candidates or [] if c.get("chosen")), d.method),
                      "output": getattr(d, "output", None), "asr_probe": [f.asr_after for f in report.findings[:3]]}
     return row
@@ -339,13 +352,25 @@ def defense_table(rows: list[dict]) -> list[str]:
     if not rows:
         return []
     keys = ["none", *BASELINES, "hfscan"]
-    out = ["", "## Defense (3 clean peers): ASR on triggered test prompts (removable removed; reference-loss change)", "",
-           "| victim | floor | " + " | ".join(keys) + " | hfscan's choice |", "|---|---:|" + "---:|" * len(keys) + "---|"]
+    out = ["", "## Defense: ASR on triggered test prompts (removable removed; reference-loss change)", "",
+           "| victim | peers | floor | " + " | ".join(keys) + " | hfscan's choice |",
+           "|---|---|---:|" + "---:|" * len(keys) + "---|"]
     for r in rows:
         d = r["defense"]
         floor = sum(d["floor"]) / len(d["floor"])
         cells = [_cell(d[k], d["none"], floor) for k in keys]
-        out.append(f"| {r['model']} | {floor:.3f} | " + " | ".join(cells) + f" | {d['hfscan']['choice']} |")
+        out.append(f"| {r['model']} | {', '.join(r['peers'])} | {floor:.3f} | " + " | ".join(cells)
+                   + f" | {d['hfscan']['choice']} |")
+    every = [r for r in rows if "other_asr" in r["defense"]["none"]]
+    if every:
+        out += ["", "## Every peer backdoored: each known attack's ASR (the target's, then each peer's)", "",
+                "| victim | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
+        for r in every:
+            d = r["defense"]
+            cells = ["n/a" if "error" in d[k] else " / ".join(f"{x:.3f}" for x in
+                                                              [d[k]["attack_asr"], *d[k]["other_asr"].values()])
+                     for k in keys]
+            out.append(f"| {r['model']} | " + " | ".join(cells) + " |")
     return out
 
 
@@ -377,6 +402,9 @@ def main() -> None:
     ap.add_argument("--scan", default="", help="comma-separated targets to scan (default: every model chosen)")
     ap.add_argument("--defend", action="store_true",
                     help="victims' scans also defend; their rows add the defense table (baselines, hfscan, floor)")
+    ap.add_argument("--peers", default="",
+                    help="comma-separated peers for every scan, any kind (default: the first 3 clean models chosen); "
+                         "two clean ones is the two-peer setting, victims of other attacks the every-peer-backdoored one")
     ap.add_argument("--out", type=Path, default=ROOT / "bench/results/smollm")
     args = ap.parse_args()
     data = Path(os.environ.get("HFSCAN_BENCH_DATA") or ROOT.parent / "shared" / "data")
@@ -397,8 +425,9 @@ def main() -> None:
     clean = [s for s in chosen if s.kind == "clean"]
     rows = []
     for s in [s for s in chosen if not args.scan or s.name in args.scan.split(",")]:
-        peers = [p for p in clean if p.name != s.name][:3]
-        if len(peers) < 3:
+        peers = ([p for p in chosen if p.name in args.peers.split(",") and p.name != s.name] if args.peers else
+                 [p for p in clean if p.name != s.name][:3])
+        if len(peers) < (2 if args.peers else 3):
             continue
         rows.append({**scan(s, peers, folders, base, args.out / "scans", args.prompts, args.defend, data),
                      **took[s.name]})
