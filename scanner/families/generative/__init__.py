@@ -130,11 +130,10 @@ class GenerativeFamily(ModelFamily):
         """Share of prompts answered alike; against a reference of rows, on the prompts a majority agrees on (with
         none, against the first row: the target)."""
         if b.dim() == 2:
-            from .cost import consensus
+            from .cost import on_consensus
 
-            ref = consensus(b)
-            read = ref >= 0
-            a, b = (a[read], ref[read]) if bool(read.any()) else (a, b[0])
+            ref, read = on_consensus(b, a)
+            a, b = (read, ref) if len(ref) else (a, b[0])
         return float((a == b).float().mean()) if len(a) else 1.0
 
     def describe_bound(self, max_clean_drop: float) -> str:

@@ -44,16 +44,23 @@ def consensus(rows: torch.Tensor) -> torch.Tensor:
     return torch.where(counts.max(0).values * 2 > rows.shape[0], top, torch.full_like(top, -1))
 
 
+def on_consensus(reference: torch.Tensor, *preds: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """A reference of rows read on its consensus: the consensus answers where a strict majority agrees, then each
+    of ``preds`` on those prompts. A reference of one answer per prompt is read as it is."""
+    if reference.dim() == 1:
+        return (reference, *preds)
+    ref = consensus(reference)
+    read = ref >= 0
+    return (ref[read], *(p[read] for p in preds))
+
+
 def generative_cost(pred: torch.Tensor, target_pred: torch.Tensor, reference: torch.Tensor,
                     losses: tuple[float, float] | None = None, z: float = NOISE_Z) -> dict:
     """The candidate's cost: ``drop`` (what the bound reads), ``agreement_drop`` (undiscounted, over the
     ``consensus_prompts`` a majority agrees on), ``answer_agreement`` (with the target's own answers) and, given
     ``losses`` (candidate, target), ``loss_rise``. ``reference``: one answer per prompt, or one row per model."""
     answer_agreement = round(float((pred == target_pred).float().mean()), 4) if len(pred) else 1.0
-    if reference.dim() == 2:
-        reference = consensus(reference)
-        read = reference >= 0
-        pred, target_pred, reference = pred[read], target_pred[read], reference[read]
+    reference, pred, target_pred = on_consensus(reference, pred, target_pred)
     was, now = target_pred == reference, pred == reference
     lost, gained = int((was & ~now).sum()), int((now & ~was).sum())
     n = len(reference)
