@@ -53,6 +53,12 @@ from .probe.results import TriggerResult
 from .report.render import template
 from .sources.model import ResolvedModel
 
+# What a defense cannot see, reported with every scan that builds a defended variant (D39).
+BLIND_SPOT = ("The defended variant's ASR and clean cost are read on the probe's inputs only. A backdoor or a loss of "
+              "skill outside their domain (an attack trained to survive merging, a task unlike the probe texts) does "
+              "not show there: on a merge-aware victim the probe read 13% ASR where the victim's own test data read "
+              "84%. Pass inputs from the model's own domain with --probe-data.")
+
 
 @dataclass
 class DefenseOutcome:

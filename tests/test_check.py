@@ -57,6 +57,9 @@ def test_check_finds_backdoor_and_defends(backdoor_scan, probe_texts):
     assert rep["defense"]["method"] == "wag" and len(rep["defense"]["peers"]) == 3
     md = (out / "report.md").read_text()
     assert "backdoor found" in md and "`cf`" in md and "cannot see" in md
+    # the defense's own blind spot: its readings are on the probe's inputs only
+    assert any("probe's inputs only" in line for line in rep["probe"]["limitations"])
+    assert "--probe-data" in md.split("cannot see", 1)[1]
 
 
 def test_defended_folder_loads_and_predicts(backdoor_scan, probe_texts):
@@ -159,6 +162,7 @@ def test_json_on_stdout_alone_and_fail_on(zoo, tmp_path):
     assert res.exit_code == 0, res.stderr  # a backdoor, but --fail-on never
     rep = json.loads(res.stdout)  # stdout is the report and nothing else
     assert rep["verdict"] == "backdoor" and rep == json.loads((tmp_path / "report.json").read_text())
+    assert not any("probe's inputs only" in line for line in rep["probe"]["limitations"])  # no defense, no such line
     assert "BACKDOOR" in res.stderr  # the human summary moved to stderr
     res = run("check", zoo.path("zoo/backdoor-cf"), *peers, "-o", tmp_path / "again", "--search-budget", "off",
               "--no-defend", "-q", "--fail-on", "backdoor")

@@ -33,7 +33,7 @@ def build_report(scan, probed, assessment, defended, started: float) -> ScanRepo
         clean=clean_record(scan, probed, defended),
         defense=defense_record(probed, assessment, defended, t.labels) if defended else None,
         peers=[peer_record(i, p, probed, assessment, scan.family, t.labels) for i, p in enumerate(probed.peers)],
-        probe=probe_record(scan, probed, assessment),
+        probe=probe_record(scan, probed, assessment, defended is not None),
         created_at=_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
         duration_s=round(time.time() - started, 1),
         tool={"name": "hfscan", "version": __version__},
@@ -100,10 +100,14 @@ def peer_record(i: int, p, probed, assessment, family, labels: list[str]) -> Pee
                       _r(agree), own_trigger=None if own is None else alert_record(own, labels))
 
 
-def probe_record(scan, probed, assessment) -> ProbeInfo:
+def probe_record(scan, probed, assessment, defended: bool = False) -> ProbeInfo:
+    """The probe's record; its limitations are the family's blind spots, and the defense's when one was built."""
+    from ..defend import BLIND_SPOT
+
     top = assessment.top
+    limits = [*scan.family.blind_spots, *([BLIND_SPOT] if defended else [])]
     return ProbeInfo(scan.inputs.name, len(scan.inputs.texts), scan.inputs.provenance, len(probed.candidates),
-                     list(POSITIONS), list(scan.family.blind_spots), [round(g, 4) for g in assessment.null.gaps],
+                     list(POSITIONS), limits, [round(g, 4) for g in assessment.null.gaps],
                      evidence=top[0]["margin"] if top else None, top=top,
                      homogeneity=dataclasses.asdict(assessment.homogeneity) if assessment.homogeneity else None,
                      weight_notes=list(probed.notes))
